@@ -1,0 +1,16 @@
+"""Pre-train the `small` BERT preset with MLM + NSP.
+
+  jaxbert pretrain --config configs/pretrain/small.py --workdir runs/small \
+      --config.data.corpus=PATH_OR_tfds:NAME [--config.train.steps=N]
+"""
+
+from jaxbert.defaults import pretrain_config
+
+
+def get_config():
+  config = pretrain_config("small")
+  config.tokenizer.vocab_size = 30000
+  config.train.batch_size = 128
+  config.train.steps = 100_000
+  config.optim.lr = 5e-4
+  return config

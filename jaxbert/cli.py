@@ -1,0 +1,115 @@
+"""The `jaxbert` command.
+
+  jaxbert pretrain  --config configs/pretrain/mini.py --workdir W [--config.KEY=VALUE ...]
+  jaxbert finetune  --config configs/finetune/sst2.py --workdir W [--config.init=CKPT ...]
+  jaxbert import-hf SRC --out BUNDLE
+  jaxbert export-hf CKPT --out DIR
+  jaxbert embed     --checkpoint BUNDLE --input FILE.txt --output FILE.npy [--pooling mean]
+  jaxbert demo      [--workdir W]     pre-train then fine-tune on an embedded corpus
+
+A user mistake prints one line and exits with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+
+def _train_command(args, overrides) -> int:
+  from jaxbert import config as config_lib  # pylint: disable=g-import-not-at-top
+  from jaxbert.run import run  # pylint: disable=g-import-not-at-top
+  config = config_lib.load(args.config, overrides)
+  if config.get("task") != args.command:
+    from jaxbert.errors import UserError  # pylint: disable=g-import-not-at-top
+    raise UserError(f"{args.config} is a {config.get('task')!r} config; use `jaxbert {config.get('task')}`")
+  run(config, args.workdir)
+  return 0
+
+
+def _import_hf(args, overrides) -> int:
+  del overrides
+  from jaxbert.hf import import_hf  # pylint: disable=g-import-not-at-top
+  report = import_hf(args.src, args.out)
+  print(report)
+  return 0
+
+
+def _export_hf(args, overrides) -> int:
+  del overrides
+  from jaxbert.hf import export_hf  # pylint: disable=g-import-not-at-top
+  print(export_hf(args.checkpoint, args.out))
+  return 0
+
+
+def _embed(args, overrides) -> int:
+  del overrides
+  from jaxbert.embed import embed_lines  # pylint: disable=g-import-not-at-top
+  embed_lines(args.checkpoint, args.input, args.output, pooling=args.pooling,
+              batch_size=args.batch_size, max_seq_len=args.max_seq_len)
+  return 0
+
+
+def _demo(args, overrides) -> int:
+  from jaxbert.demo import main as demo_main  # pylint: disable=g-import-not-at-top
+  return demo_main(args.workdir, overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="jaxbert", description="BERT pre-training and fine-tuning in JAX.")
+  sub = p.add_subparsers(dest="command", required=True)
+  for name, helptext in (("pretrain", "pre-train a BERT (MLM + NSP)"),
+                         ("finetune", "fine-tune on a task")):
+    s = sub.add_parser(name, help=helptext,
+                       epilog="Any config key can be overridden: --config.train.steps=100")
+    s.add_argument("--config", required=True, help="a configs/*.py file with get_config()")
+    s.add_argument("--workdir", required=True, help="run directory (resumed if it exists)")
+    s.set_defaults(fn=_train_command)
+  s = sub.add_parser("import-hf", help="convert a Hugging Face BERT folder into a jaxbert checkpoint")
+  s.add_argument("src")
+  s.add_argument("--out", required=True)
+  s.set_defaults(fn=_import_hf)
+  s = sub.add_parser("export-hf", help="write a jaxbert checkpoint as a Hugging Face folder")
+  s.add_argument("checkpoint")
+  s.add_argument("--out", required=True)
+  s.set_defaults(fn=_export_hf)
+  s = sub.add_parser("embed", help="one embedding per input line (feature extraction)")
+  s.add_argument("--checkpoint", required=True)
+  s.add_argument("--input", required=True)
+  s.add_argument("--output", required=True)
+  s.add_argument("--pooling", choices=("cls", "mean", "pooler"), default="cls")
+  s.add_argument("--batch-size", type=int, default=64)
+  s.add_argument("--max-seq-len", type=int, default=128)
+  s.set_defaults(fn=_embed)
+  s = sub.add_parser("demo", help="pre-train then fine-tune on an embedded corpus (no network)")
+  s.add_argument("--workdir", default="runs/demo")
+  s.set_defaults(fn=_demo)
+  return p
+
+
+def main(argv=None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  parser = build_parser()
+  args, rest = parser.parse_known_args(argv)
+  bad = [a for a in rest if not a.startswith("--config.")]
+  if bad:
+    parser.error(f"unrecognised arguments: {' '.join(bad)}")
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                      datefmt="%H:%M:%S")
+  for noisy in ("absl", "jax._src", "orbax", "tensorflow_datasets"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+  from jaxbert.errors import UserError  # pylint: disable=g-import-not-at-top
+  try:
+    return args.fn(args, rest)
+  except UserError as e:
+    print(f"jaxbert: error: {e}", file=sys.stderr)
+    return e.exit_code
+  except KeyboardInterrupt:
+    print("jaxbert: interrupted", file=sys.stderr)
+    return 130
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,1 @@
+"""Input pipelines: corpora, pre-training instances, fine-tuning tasks."""

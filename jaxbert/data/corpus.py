@@ -1,0 +1,400 @@
+"""The pre-training corpus: text files or a tfds dataset -> documents -> DocumentStore.
+
+A user's own text goes through a tfds builder (`TextCorpus`) that stores it as
+array_record in a data_dir, so a corpus is read, decoded and split into documents once
+and every later run reads the prepared records. Named tfds datasets (Wikipedia, C4,
+...) are read straight from their prepared array_record files.
+
+Input convention for text files (original BERT): one sentence or paragraph per line,
+a blank line between documents.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import glob
+import hashlib
+import itertools
+import json
+import logging
+import os
+import random
+import re
+from collections.abc import Iterable, Iterator, Sequence
+
+import numpy as np
+import tensorflow_datasets as tfds
+import tqdm
+
+from jaxbert.data.docstore import DocumentStore
+from jaxbert.errors import UserError
+from jaxbert.tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+TFDS_PREFIX = "tfds:"
+_GLOB_CHARS = frozenset("*?[")
+# Records fetched per random-access read when streaming a data source.
+_READ_CHUNK = 256
+# Sentences per encode_batch call in build_docstore (bounds memory, keeps threads busy).
+_ENCODE_CHUNK = 16384
+
+
+# ----------------------------------------------------------------------------------
+# Local text files through a tfds builder.
+
+
+def resolve_files(source: str) -> list[str]:
+  """Absolute paths of the corpus files `source` names: a file, a folder or a glob.
+
+  A folder means every regular file below it (recursively), skipping hidden names;
+  a glob is expanded with `**` allowed. Sorted, so the order never depends on the
+  file system.
+  """
+  path = os.path.expanduser(source)
+  if _GLOB_CHARS & set(path):
+    files = [f for f in glob.glob(path, recursive=True) if os.path.isfile(f)]
+    if not files:
+      raise UserError(f"corpus glob {source} matches no files.")
+  elif os.path.isdir(path):
+    files = []
+    for root, dirs, names in os.walk(path):
+      dirs[:] = [d for d in dirs if not d.startswith(".")]
+      files.extend(os.path.join(root, n) for n in names if not n.startswith("."))
+    if not files:
+      raise UserError(f"corpus folder {source} holds no files.")
+  elif os.path.isfile(path):
+    files = [path]
+  else:
+    raise UserError(f"corpus path {source} does not exist; give a text file, a folder of "
+                    f"text files, a glob, or {TFDS_PREFIX}<name> for a tfds dataset.")
+  return sorted(os.path.abspath(f) for f in files)
+
+
+def _corpus_config_name(files: Sequence[str]) -> str:
+  """A config name unique to these files' paths, sizes and modification times.
+
+  Different corpora prepared into one data_dir get different folders, and editing a
+  file gives a fresh preparation instead of silently reusing stale records.
+  """
+  h = hashlib.sha256()
+  for f in files:
+    st = os.stat(f)
+    h.update(json.dumps([f, st.st_size, st.st_mtime_ns]).encode())
+  return "files_" + h.hexdigest()[:16]
+
+
+@dataclasses.dataclass(eq=False)
+class TextCorpusConfig(tfds.core.BuilderConfig):
+  """Which files a `TextCorpus` reads (kept out of repr: the list can be long)."""
+
+  files: tuple[str, ...] = dataclasses.field(default=(), repr=False)
+  source: str = dataclasses.field(default="", repr=False)
+
+
+def _decode_line(raw: bytes) -> tuple[str, int]:
+  """UTF-8 text of `raw` and how many undecodable byte sequences were replaced."""
+  try:
+    return raw.decode("utf-8"), 0
+  except UnicodeDecodeError:
+    text = raw.decode("utf-8", "replace")
+    # U+FFFD already present in the input survives "ignore"; the difference is
+    # exactly the replacements made.
+    bad = text.count("\ufffd") - raw.decode("utf-8", "ignore").count("\ufffd")
+    return text, bad
+
+
+class TextCorpus(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """A user's text files as a tfds dataset: one example per document.
+
+  Features: `text` (the document's non-blank lines joined by "\\n") and `id` (its
+  position in file order). Single split "train"; examples keep file order. The
+  number of undecodable byte sequences per file is kept in `info.metadata`.
+  Not registered with tfds: build it with `prepare_text_corpus`.
+  """
+
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    cfg = self.builder_config
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=f"jaxbert text corpus: {len(cfg.files)} file(s) from {cfg.source}",
+        features=tfds.features.FeaturesDict({
+            "text": tfds.features.Text(),
+            "id": tfds.features.Scalar(dtype=np.int64),
+        }),
+        disable_shuffling=True,
+        metadata=tfds.core.MetadataDict(),
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Local files only.
+    return {"train": self._generate_examples()}
+
+  def _generate_examples(self):
+    cfg = self.builder_config
+    decode_errors = {}
+    doc_id = 0
+    for path in cfg.files:
+      bad_total = 0
+      lines = []
+      with open(path, "rb") as f:
+        for raw in itertools.chain(f, [b""]):  # b"" flushes the last document
+          text, bad = _decode_line(raw)
+          bad_total += bad
+          text = text.strip()
+          if text:
+            lines.append(text)
+          elif lines:
+            yield doc_id, {"text": "\n".join(lines), "id": doc_id}
+            doc_id += 1
+            lines = []
+      decode_errors[path] = bad_total
+    if doc_id == 0:
+      raise UserError(f"corpus {cfg.source} has no text ({len(cfg.files)} file(s), all empty "
+                      "or blank).")
+    self.info.metadata["decode_errors"] = decode_errors
+    self.info.metadata["num_documents"] = doc_id
+
+
+class _DropCustomConfigWarning(logging.Filter):
+  """tfds warns "Using custom data configuration" for every dynamic config; ours always is."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "Using custom data configuration" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_custom_config():
+  absl_logger = logging.getLogger("absl")
+  f = _DropCustomConfigWarning()
+  absl_logger.addFilter(f)
+  try:
+    yield
+  finally:
+    absl_logger.removeFilter(f)
+
+
+def prepare_text_corpus(source: str, data_dir: str) -> TextCorpus:
+  """Prepares (once) and returns the `TextCorpus` builder for `source`'s files.
+
+  Re-running with unchanged files reuses the prepared records. Logs a warning per
+  file that had undecodable bytes (replaced with U+FFFD) with their count.
+  """
+  files = resolve_files(source)
+  config = TextCorpusConfig(name=_corpus_config_name(files), files=tuple(files),
+                            source=source)
+  with _quiet_custom_config():
+    builder = TextCorpus(config=config, data_dir=data_dir, file_format="array_record")
+  builder.download_and_prepare()
+  for path, count in (builder.info.metadata.get("decode_errors") or {}).items():
+    if count:
+      logger.warning("%s: %d undecodable byte sequence(s) replaced with U+FFFD "
+                     "(the file is not valid UTF-8).", path, count)
+  return builder
+
+
+# ----------------------------------------------------------------------------------
+# Documents from either kind of source.
+
+
+def _open_tfds(name: str, split: str, data_dir: str | None):
+  try:
+    return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise UserError(f"{TFDS_PREFIX}{name}: no such tfds dataset ({str(e).splitlines()[0]})") from e
+  except (NotImplementedError, FileNotFoundError, AssertionError, KeyError, ValueError) as e:
+    # Missing data surfaces as "random access for TFRECORD not supported" or a
+    # missing split; both mean: not prepared as array_record in data_dir.
+    raise UserError(
+        f"{TFDS_PREFIX}{name} split {split!r} is not available as array_record in "
+        f"data_dir {data_dir}; prepare it first with `tfds build {name} --data_dir "
+        f"{data_dir} --file_format array_record` ({type(e).__name__}: "
+        f"{str(e).splitlines()[0] if str(e) else ''})") from e
+
+
+def _field(record: dict, text_field: str, where: str) -> str:
+  value = record
+  for key in text_field.split("/"):
+    if not isinstance(value, dict) or key not in value:
+      keys = sorted(record) if isinstance(record, dict) else type(record).__name__
+      raise UserError(f"{where}: records have no field {text_field!r} (fields: {keys}); "
+                      "set text_field.")
+    value = value[key]
+  if isinstance(value, bytes):
+    return value.decode("utf-8", "replace")
+  return str(value)
+
+
+def iter_documents(source: str, *, data_dir: str | None, split: str = "train",
+                   text_field: str = "text") -> Iterator[list[str]]:
+  """Yields each document as its list of non-blank lines (paragraphs).
+
+  `source` is either
+    * `tfds:<name>` (e.g. `tfds:wikipedia/20230601.en`, `tfds:c4/en`): a tfds dataset
+      already prepared as array_record in `data_dir`, read with `tfds.data_source`;
+      `text_field` names the text feature ("a/b" for a nested one); or
+    * anything else: a local file, folder or glob, prepared into `data_dir` through
+      `TextCorpus` (blank lines separate documents; `text_field` is ignored).
+  `split` accepts tfds slicing, e.g. "train[:1%]".
+  """
+  if source.startswith(TFDS_PREFIX):
+    name = source[len(TFDS_PREFIX):]
+    ds = _open_tfds(name, split, data_dir)
+  else:
+    name = source
+    ds = prepare_text_corpus(source, data_dir).as_data_source(split=split)
+    text_field = "text"
+  for start in range(0, len(ds), _READ_CHUNK):
+    # Plain indexing: tfds's batched __getitems__ is broken under mock_data.
+    for k in range(start, min(start + _READ_CHUNK, len(ds))):
+      text = _field(ds[k], text_field, name)
+      lines = [line.strip() for line in text.split("\n")]
+      lines = [line for line in lines if line]
+      if lines:
+        yield lines
+
+
+# ----------------------------------------------------------------------------------
+# Sentences.
+
+# A run of terminators, optional closing quotes/brackets, then whitespace.
+_CANDIDATE = re.compile(r"[.!?]+[\"')\]\u2019\u201d\u00bb]*\s+")
+_OPENERS = frozenset("\"'([\u2018\u201c\u00ab")
+_ABBREVIATIONS = frozenset(
+    "mr mrs ms dr prof sr jr st vs etc cf fig figs no nos vol vols ch sec eq eqs "
+    "approx ca inc ltd co corp dept est gen gov jan feb mar apr jun jul aug sep sept oct "
+    "nov dec mt ft op ed eds p pp viz al".split())
+
+
+def split_sentences(paragraph: str) -> list[str]:
+  """Rule-based sentence split of one paragraph.
+
+  Splits after ".", "!" or "?" (plus closing quotes/brackets) followed by whitespace
+  and an uppercase letter, digit, quote or opening bracket. A "." does not split
+  after a known abbreviation ("Mr.", "etc."), an initial ("J. Smith") or dotted
+  single letters ("e.g.", "U.S."). Returns stripped, non-empty sentences.
+  """
+  if "." not in paragraph and "!" not in paragraph and "?" not in paragraph:
+    s = paragraph.strip()
+    return [s] if s else []
+  out = []
+  begin = 0
+  for m in _CANDIDATE.finditer(paragraph):
+    end = m.end()
+    if end >= len(paragraph):
+      break
+    nxt = paragraph[end]
+    if not (nxt.isupper() or nxt.isdigit() or nxt in _OPENERS):
+      continue
+    if paragraph[m.start()] == "." and m.group().count(".") == 1:
+      space = max(paragraph.rfind(" ", begin, m.start()), paragraph.rfind("\t", begin, m.start()))
+      word = paragraph[max(space + 1, begin):m.start()].lstrip("\"'([\u2018\u201c").lower()
+      # Known abbreviations, initials ("J."), and dotted letters ("e.g.", "U.S.").
+      if word in _ABBREVIATIONS or all(len(part) == 1 for part in word.split(".")):
+        continue
+    s = paragraph[begin:m.end()].strip()
+    if s:
+      out.append(s)
+    begin = end
+  s = paragraph[begin:].strip()
+  if s:
+    out.append(s)
+  return out
+
+
+def sentences_for_tokenizer_training(documents: Iterable[list[str]], *,
+                                     max_sentences: int = 2_000_000,
+                                     seed: int = 0) -> list[str]:
+  """A uniform sample of at most `max_sentences` sentences (reservoir sampling).
+
+  Reads the corpus once and keeps memory bounded by the sample, so a tokenizer can
+  be trained on a corpus far larger than the trainer should hold.
+  """
+  rng = random.Random(seed)
+  sample: list[str] = []
+  seen = 0
+  for doc in documents:
+    for line in doc:
+      for sent in split_sentences(line):
+        if seen < max_sentences:
+          sample.append(sent)
+        else:
+          j = rng.randrange(seen + 1)
+          if j < max_sentences:
+            sample[j] = sent
+        seen += 1
+  return sample
+
+
+# ----------------------------------------------------------------------------------
+# Tokenized corpus.
+
+
+class _StoreBuilder:
+  """Accumulates sentences of whole documents and tokenizes them in large batches."""
+
+  def __init__(self, tokenizer: Tokenizer):
+    self._tokenizer = tokenizer
+    self._sents: list[str] = []
+    self._doc_sizes: list[int] = []  # sentences per pending document
+    self._tokens: list[np.ndarray] = []
+    self._sent_lens: list[np.ndarray] = []
+    self._doc_lens: list[np.ndarray] = []
+    self.num_tokens = 0
+
+  def add(self, doc: list[str]) -> None:
+    n = len(self._sents)
+    for line in doc:
+      self._sents.extend(split_sentences(line))
+    if len(self._sents) > n:
+      self._doc_sizes.append(len(self._sents) - n)
+    if len(self._sents) >= _ENCODE_CHUNK:
+      self.flush()
+
+  def flush(self) -> None:
+    if not self._sents:
+      return
+    encoded = self._tokenizer.encode_batch(self._sents)
+    lens = np.fromiter(map(len, encoded), np.int64, count=len(encoded))
+    flat = np.fromiter(itertools.chain.from_iterable(encoded), np.int32, count=int(lens.sum()))
+    keep = lens > 0  # sentences that tokenize to nothing are dropped
+    doc_of_sent = np.repeat(np.arange(len(self._doc_sizes)), self._doc_sizes)
+    kept_per_doc = np.bincount(doc_of_sent[keep], minlength=len(self._doc_sizes))
+    self._tokens.append(flat)
+    self._sent_lens.append(lens[keep])
+    self._doc_lens.append(kept_per_doc[kept_per_doc > 0])  # documents left empty are dropped
+    self.num_tokens += len(flat)
+    self._sents, self._doc_sizes = [], []
+
+  def finish(self) -> DocumentStore:
+    self.flush()
+    tokens = np.concatenate(self._tokens) if self._tokens else np.zeros(0, np.int32)
+    sent_lens = np.concatenate(self._sent_lens) if self._sent_lens else np.zeros(0, np.int64)
+    doc_lens = np.concatenate(self._doc_lens) if self._doc_lens else np.zeros(0, np.int64)
+    sent_start = np.concatenate([[0], np.cumsum(sent_lens)]).astype(np.int64)
+    doc_start = np.concatenate([[0], np.cumsum(doc_lens)]).astype(np.int64)
+    return DocumentStore(tokens.astype(np.int32, copy=False), sent_start, doc_start)
+
+
+def build_docstore(documents: Iterable[list[str]], tokenizer: Tokenizer, *,
+                   progress: bool = True) -> DocumentStore:
+  """Tokenizes documents (lists of lines) into a DocumentStore.
+
+  Lines are split into sentences (`split_sentences`) and tokenized in batches with
+  `tokenizer.encode_batch`; sentences with no pieces and documents with no
+  sentences are dropped. Shows a progress bar over documents when `progress`.
+  """
+  builder = _StoreBuilder(tokenizer)
+  total = len(documents) if hasattr(documents, "__len__") else None
+  bar = tqdm.tqdm(documents, total=total, unit="doc", desc="tokenizing", disable=not progress,
+                  mininterval=1.0)
+  for i, doc in enumerate(bar):
+    builder.add(doc)
+    if progress and i % 4096 == 0:
+      bar.set_postfix(tokens=builder.num_tokens, refresh=False)
+  store = builder.finish()
+  bar.close()
+  return store

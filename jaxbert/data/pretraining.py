@@ -1,0 +1,492 @@
+"""Dynamic BERT pre-training examples: sentence pairs and masks from (seed, epoch, index).
+
+The construction follows the original BERT recipe: walk each document's sentences,
+gather a chunk up to a target length (sometimes a shorter random one), split it into
+segments A and B, replace B by text from another document half of the time (putting
+the unused sentences back), truncate the pair at random ends, then mask 15% of the
+pieces (80% [MASK], 10% a random piece, 10% unchanged).
+
+Unlike the original, nothing is written out: for every epoch a *plan* (integer token
+spans and labels only) is computed from (seed, epoch), and each example's mask is drawn
+from (seed, epoch, index). A resumed run therefore needs only its stream position,
+and every process and machine produces identical examples.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import dataclasses
+import threading
+from typing import NamedTuple
+
+import numpy as np
+
+from jaxbert.data.docstore import DocumentStore
+from jaxbert.errors import UserError
+
+# Separate random streams so that e.g. the masks never share draws with the plan.
+_WALK_STREAM = 0
+_TRUNCATE_STREAM = 1
+_ORDER_STREAM = 2
+_MASK_STREAM = 3
+_HELDOUT_STREAM = 4
+
+# How hard the NSP balance pulls the NotNext share back to `random_next_prob`:
+# a deficit of 1 / _NSP_GAIN instances saturates the probability at 0 or 1.
+_NSP_GAIN = 0.05
+
+# The walk consumes a fixed number of uniforms per instance, drawn in blocks.
+_DRAWS_PER_INSTANCE = 6
+_DRAW_BLOCK = 4096
+
+# Epoch plans kept in memory; a stream only ever touches the current and next epoch.
+_PLAN_CACHE_SIZE = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainDataConfig:
+  """How pre-training examples are built (defaults are BERT's)."""
+
+  max_seq_len: int = 128
+  max_predictions_per_seq: int = 20
+  mask_prob: float = 0.15
+  short_seq_prob: float = 0.1
+  whole_word: bool = False
+  random_next_prob: float = 0.5
+  mask_token_prob: float = 0.8
+  random_token_prob: float = 0.1
+  seed: int = 0
+
+  def __post_init__(self):
+    def bad(key, value, need):
+      raise UserError(
+          f"pre-training data config key `{key}` = {value!r}: must be {need}.")
+
+    if self.max_seq_len < 5:
+      bad("max_seq_len", self.max_seq_len,
+          ">= 5 ([CLS] A [SEP] B [SEP] needs one piece per segment)")
+    if self.max_predictions_per_seq < 1:
+      bad("max_predictions_per_seq", self.max_predictions_per_seq, ">= 1")
+    for key in ("mask_prob", "short_seq_prob", "random_next_prob",
+                "mask_token_prob", "random_token_prob"):
+      value = getattr(self, key)
+      if not 0.0 <= value <= 1.0:
+        bad(key, value, "a probability in [0, 1]")
+    if self.mask_prob == 0.0:
+      bad("mask_prob", self.mask_prob, "> 0")
+    if self.mask_token_prob + self.random_token_prob > 1.0:
+      bad("random_token_prob", self.random_token_prob,
+          f"<= 1 - mask_token_prob = {1.0 - self.mask_token_prob:g} "
+          "(the rest of the masked pieces stay unchanged)")
+    if self.seed < 0:
+      bad("seed", self.seed, ">= 0")
+
+
+class Provenance(NamedTuple):
+  """Where an example's segments come from (for checks and debugging).
+
+  a_span, b_span: [lo, hi) offsets into `store.tokens` after truncation.
+  """
+
+  a_doc: int
+  b_doc: int
+  a_span: tuple[int, int]
+  b_span: tuple[int, int]
+  next_sentence_label: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _EpochPlan:
+  """One epoch's instances in training order; integers only.
+
+  spans: int64[n, 4] token offsets (a_lo, a_hi, b_lo, b_hi), already truncated.
+  docs:  int32[n, 2] document of A and of B.
+  label: int32[n]    0 = IsNext, 1 = NotNext.
+  """
+
+  spans: np.ndarray
+  docs: np.ndarray
+  label: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.label)
+
+
+def _rng(*key: int) -> np.random.Generator:
+  return np.random.default_rng(np.random.SeedSequence(key))
+
+
+def _plan_epoch(sent_start: list[int], doc_start: list[int],
+                docs: list[int], cfg: PretrainDataConfig,
+                epoch: int) -> _EpochPlan:
+  """Pairs every document's sentences into instances for one epoch.
+
+  sent_start, doc_start: the store's arrays as Python lists (fast scalar access).
+  docs: the ids of the documents that hold at least one token.
+  """
+  rng = _rng(cfg.seed, epoch, _WALK_STREAM)
+  max_tokens = cfg.max_seq_len - 3
+  q = cfg.random_next_prob
+  n_docs = len(docs)
+  rows = []  # (a_lo, a_hi, b_lo, b_hi, a_doc, b_doc, not_next)
+  n_random = 0
+  draws, pos = [], 0
+  for k, d in enumerate(docs):
+    end = doc_start[d + 1]
+    i = doc_start[d]
+    while i < end:
+      if pos == len(draws):
+        draws, pos = rng.random(_DRAWS_PER_INSTANCE * _DRAW_BLOCK).tolist(), 0
+      u_short, u_target, u_split, u_next, u_doc, u_start = (
+          draws[pos:pos + _DRAWS_PER_INSTANCE])
+      pos += _DRAWS_PER_INSTANCE
+
+      target = max_tokens
+      if u_short < cfg.short_seq_prob:
+        target = 2 + int(u_target * (max_tokens - 1))  # uniform in [2, max_tokens]
+      # Chunk = sentences i..j-1: the first prefix reaching `target`, or the rest.
+      j = min(bisect.bisect_left(sent_start, sent_start[i] + target, i + 1, end + 1),
+              end)
+      a_end = i + 1
+      if j - i >= 2:
+        a_end = i + 1 + int(u_split * (j - i - 1))  # uniform in [i+1, j-1]
+
+      # Single-sentence chunks can only be NotNext; the other chunks make up for
+      # them so that the epoch's NotNext share stays at `random_next_prob`.
+      p_next = min(1.0, max(0.0, q + _NSP_GAIN * (q * len(rows) - n_random)))
+      if j - i == 1 or u_next < p_next:
+        rd = d
+        if n_docs > 1:
+          other = int(u_doc * (n_docs - 1))
+          rd = docs[other + (other >= k)]
+        r_first, r_end = doc_start[rd], doc_start[rd + 1]
+        rs = r_first + int(u_start * (r_end - r_first))
+        target_b = target - (sent_start[a_end] - sent_start[i])
+        re = min(bisect.bisect_left(sent_start, sent_start[rs] + target_b, rs + 1,
+                                    r_end + 1), r_end)
+        row = (sent_start[i], sent_start[a_end], sent_start[rs], sent_start[re],
+               d, rd, 1)
+        i = a_end  # the chunk's unused sentences go back to the walk
+      else:
+        row = (sent_start[i], sent_start[a_end], sent_start[a_end], sent_start[j],
+               d, d, 0)
+        i = j
+      # Empty sentences could leave a segment without pieces; such pairs are dropped.
+      if row[1] > row[0] and row[3] > row[2]:
+        rows.append(row)
+        n_random += row[6]
+
+  table = np.asarray(rows, np.int64).reshape(-1, 7)  # (n, 7)
+  spans = table[:, :4].copy()
+  _truncate(spans, max_tokens, _rng(cfg.seed, epoch, _TRUNCATE_STREAM))
+  order = _rng(cfg.seed, epoch, _ORDER_STREAM).permutation(len(table))
+  return _EpochPlan(spans=spans[order],
+                    docs=table[order, 4:6].astype(np.int32),
+                    label=table[order, 6].astype(np.int32))
+
+
+def _truncate(spans: np.ndarray, max_tokens: int, rng: np.random.Generator) -> None:
+  """Shortens pairs to `max_tokens` in place, as BERT's truncate_seq_pair does.
+
+  BERT removes one piece at a time from the longer segment (B on ties), each from
+  its front or back with probability 1/2. The counts per segment follow from the
+  lengths alone, and the number taken from the front is Binomial(cut, 1/2).
+  """
+  la = spans[:, 1] - spans[:, 0]
+  lb = spans[:, 3] - spans[:, 2]
+  excess = np.maximum(la + lb - max_tokens, 0)
+  first = np.minimum(excess, np.abs(la - lb))  # evens out the longer side
+  rest = excess - first  # then alternates, starting with B
+  cut_a = np.where(la > lb, first, 0) + rest // 2
+  cut_b = np.where(la > lb, 0, first) + (rest + 1) // 2
+  front_a = rng.binomial(cut_a, 0.5)
+  front_b = rng.binomial(cut_b, 0.5)
+  spans[:, 0] += front_a
+  spans[:, 1] -= cut_a - front_a
+  spans[:, 2] += front_b
+  spans[:, 3] -= cut_b - front_b
+
+
+class PretrainingExamples:
+  """Random access to BERT pre-training examples by (epoch, index).
+
+  Each example is a pure function of (cfg.seed, epoch, index) and the store; the
+  per-epoch plan is computed on first use and cached.
+  """
+
+  def __init__(self, store: DocumentStore, cfg: PretrainDataConfig, *,
+               vocab_size: int, pad_id: int, unk_id: int, cls_id: int,
+               sep_id: int, mask_id: int,
+               word_start: np.ndarray | None = None,
+               random_ids: np.ndarray | None = None):
+    """Args:
+
+      store: the tokenized corpus (no special pieces added).
+      cfg: how examples are built.
+      vocab_size, *_id: the tokenizer's vocabulary size and special ids.
+      word_start: bool[vocab_size], True where a piece begins a word (required
+        for cfg.whole_word).
+      random_ids: ids that may replace a masked piece; default: every id that is
+        not one of the special ids above.
+    """
+    self.store = store
+    self.cfg = cfg
+    self.pad_id, self.cls_id, self.sep_id, self.mask_id = (
+        pad_id, cls_id, sep_id, mask_id)
+    specials = np.asarray([pad_id, unk_id, cls_id, sep_id, mask_id])
+    if specials.min() < 0 or specials.max() >= vocab_size:
+      raise ValueError(f"special ids {specials.tolist()} outside vocabulary "
+                       f"of size {vocab_size}")
+    if store.num_tokens == 0:
+      raise UserError("the pre-training document store holds no tokens; "
+                      "rebuild it from a non-empty corpus.")
+    largest = int(np.max(store.tokens[:store.num_tokens]))
+    if largest >= vocab_size:
+      raise UserError(
+          f"the pre-training document store holds piece id {largest} but the "
+          f"tokenizer has only {vocab_size} pieces: the store was built with "
+          "another tokenizer; rebuild it with this one.")
+    # Specials inside the text (e.g. [UNK]) are never masked or predicted.
+    self._maskable = np.ones(vocab_size, bool)
+    self._maskable[specials] = False
+    if random_ids is None:
+      random_ids = np.flatnonzero(self._maskable)
+    self._random_ids = np.asarray(random_ids, np.int32)
+    if self._random_ids.size == 0 or np.any(~self._maskable[self._random_ids]):
+      raise ValueError("random_ids must be non-empty and hold no special ids")
+    if word_start is None:
+      if cfg.whole_word:
+        raise ValueError("whole_word masking needs the tokenizer's word_start table")
+    else:
+      word_start = np.asarray(word_start, bool)
+      if word_start.shape != (vocab_size,):
+        raise ValueError(f"word_start has shape {word_start.shape}, "
+                         f"expected ({vocab_size},)")
+    self._word_start = word_start
+    self._index_arrays()
+    self._reset_caches()
+
+  @classmethod
+  def from_tokenizer(cls, store: DocumentStore, cfg: PretrainDataConfig,
+                     tokenizer) -> "PretrainingExamples":
+    """Takes the vocabulary facts from a `jaxbert.tokenizer.Tokenizer`."""
+    return cls(store, cfg, vocab_size=tokenizer.vocab_size,
+               pad_id=tokenizer.pad_id, unk_id=tokenizer.unk_id,
+               cls_id=tokenizer.cls_id, sep_id=tokenizer.sep_id,
+               mask_id=tokenizer.mask_id,
+               word_start=tokenizer.word_start_table())
+
+  def _index_arrays(self):
+    # Python lists make the sequential walk in `_plan_epoch` several times faster.
+    self._sent_start = np.asarray(self.store.sent_start).tolist()
+    self._doc_start = np.asarray(self.store.doc_start).tolist()
+    doc_tokens = np.diff(np.asarray(self.store.sent_start)[self.store.doc_start])
+    self._docs = np.flatnonzero(doc_tokens > 0).tolist()
+
+  def _reset_caches(self):
+    self._lock = threading.RLock()
+    self._plans: collections.OrderedDict[int, _EpochPlan] = collections.OrderedDict()
+    self._counts: dict[int, int] = {}
+    self._offsets = [0]  # stream position where epoch e begins, for known epochs
+
+  def __getstate__(self):
+    # Worker processes rebuild locks and plans instead of receiving them.
+    state = self.__dict__.copy()
+    for key in ("_lock", "_plans", "_counts", "_offsets", "_sent_start",
+                "_doc_start", "_docs"):
+      del state[key]
+    return state
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._index_arrays()
+    self._reset_caches()
+
+  def _plan(self, epoch: int) -> _EpochPlan:
+    if epoch < 0:
+      raise IndexError(f"epoch {epoch} < 0")
+    with self._lock:
+      plan = self._plans.get(epoch)
+      if plan is None:
+        plan = _plan_epoch(self._sent_start, self._doc_start, self._docs,
+                           self.cfg, epoch)
+        self._plans[epoch] = plan
+        self._counts[epoch] = len(plan)
+        while len(self._plans) > _PLAN_CACHE_SIZE:
+          self._plans.popitem(last=False)
+      else:
+        self._plans.move_to_end(epoch)
+      return plan
+
+  def num_examples(self, epoch: int) -> int:
+    """Instances in `epoch` (varies a little from epoch to epoch)."""
+    with self._lock:
+      if epoch not in self._counts:
+        self._plan(epoch)
+      return self._counts[epoch]
+
+  def locate(self, position: int) -> tuple[int, int]:
+    """(epoch, index) of `position` in the endless stream epoch 0, 1, 2, ..."""
+    if position < 0:
+      raise IndexError(f"stream position {position} < 0")
+    with self._lock:
+      while self._offsets[-1] <= position:
+        epoch = len(self._offsets) - 1
+        self._offsets.append(self._offsets[-1] + self.num_examples(epoch))
+      epoch = bisect.bisect_right(self._offsets, position) - 1
+      return epoch, position - self._offsets[epoch]
+
+  def provenance(self, epoch: int, index: int) -> Provenance:
+    """The documents and token spans behind example (epoch, index)."""
+    plan = self._plan(epoch)
+    self._check_index(plan, epoch, index)
+    a_lo, a_hi, b_lo, b_hi = plan.spans[index].tolist()
+    a_doc, b_doc = plan.docs[index].tolist()
+    return Provenance(a_doc, b_doc, (a_lo, a_hi), (b_lo, b_hi),
+                      int(plan.label[index]))
+
+  @staticmethod
+  def _check_index(plan: _EpochPlan, epoch: int, index: int) -> None:
+    if not 0 <= index < len(plan):
+      raise IndexError(f"index {index} outside epoch {epoch} "
+                       f"of {len(plan)} examples")
+
+  def example(self, epoch: int, index: int) -> dict[str, np.ndarray]:
+    """Example `index` of `epoch`: `[CLS] A [SEP] B [SEP]`, padded, with its mask.
+
+    Returns int32 input_ids, token_type_ids, attention_mask (T,); int32
+    masked_positions, masked_ids and float32 masked_weights (P,); int32
+    next_sentence_label () with 0 = IsNext, 1 = NotNext.
+    """
+    cfg = self.cfg
+    plan = self._plan(epoch)
+    self._check_index(plan, epoch, index)
+    a_lo, a_hi, b_lo, b_hi = plan.spans[index].tolist()
+    la, lb = a_hi - a_lo, b_hi - b_lo
+    b0 = la + 2  # first position of B
+    n = b0 + lb + 1  # real tokens, specials included
+    tokens = self.store.tokens
+
+    ids = np.full(cfg.max_seq_len, self.pad_id, np.int32)
+    ids[0] = self.cls_id
+    ids[1:la + 1] = tokens[a_lo:a_hi]
+    ids[la + 1] = self.sep_id
+    ids[b0:b0 + lb] = tokens[b_lo:b_hi]
+    ids[n - 1] = self.sep_id
+    token_type_ids = np.zeros(cfg.max_seq_len, np.int32)
+    token_type_ids[b0:n] = 1
+    attention_mask = np.zeros(cfg.max_seq_len, np.int32)
+    attention_mask[:n] = 1
+
+    content = np.zeros(cfg.max_seq_len, bool)
+    content[1:la + 1] = True
+    content[b0:b0 + lb] = True
+    candidates = np.flatnonzero(content & self._maskable[ids])
+
+    rng = _rng(cfg.seed, epoch, _MASK_STREAM, index)
+    positions = self._choose(rng, ids, candidates)
+    masked_ids = ids[positions]
+    draw = rng.random(len(positions))
+    replacement = self._random_ids[
+        rng.integers(len(self._random_ids), size=len(positions))]
+    mask_token = draw < cfg.mask_token_prob
+    random_token = ~mask_token & (draw < cfg.mask_token_prob + cfg.random_token_prob)
+    ids[positions[mask_token]] = self.mask_id
+    ids[positions[random_token]] = replacement[random_token]
+
+    p = cfg.max_predictions_per_seq
+    m = len(positions)
+    masked_positions = np.zeros(p, np.int32)
+    masked_positions[:m] = positions
+    masked_ids_out = np.zeros(p, np.int32)
+    masked_ids_out[:m] = masked_ids
+    masked_weights = np.zeros(p, np.float32)
+    masked_weights[:m] = 1.0
+    return {
+        "input_ids": ids,
+        "token_type_ids": token_type_ids,
+        "attention_mask": attention_mask,
+        "masked_positions": masked_positions,
+        "masked_ids": masked_ids_out,
+        "masked_weights": masked_weights,
+        "next_sentence_label": np.asarray(plan.label[index], np.int32),
+    }
+
+  def _choose(self, rng: np.random.Generator, ids: np.ndarray,
+              candidates: np.ndarray) -> np.ndarray:
+    """Sorted positions to predict, drawn from `candidates` (sorted)."""
+    cfg = self.cfg
+    n = len(candidates)
+    if n == 0:
+      return candidates
+    # Stochastic rounding keeps the expected share at exactly mask_prob.
+    budget = min(cfg.max_predictions_per_seq, n,
+                 max(1, int(n * cfg.mask_prob + rng.random())))
+    if not cfg.whole_word:
+      return np.sort(rng.choice(candidates, budget, replace=False))
+
+    # A word is a word-start piece and the non-start pieces after it; a word never
+    # continues across a segment boundary or a piece that cannot be masked.
+    starts = self._word_start[ids[candidates]]
+    starts[0] = True
+    starts[1:] |= np.diff(candidates) != 1
+    bounds = np.append(np.flatnonzero(starts), n).tolist()
+    chosen = []
+    total = 0
+    for w in rng.permutation(len(bounds) - 1).tolist():
+      if total >= budget:
+        break
+      size = bounds[w + 1] - bounds[w]
+      if total + size > budget:
+        continue  # as in BERT: skip words that would overshoot the budget
+      chosen.append(candidates[bounds[w]:bounds[w + 1]])
+      total += size
+    return np.sort(np.concatenate(chosen))
+
+
+class StreamSource:
+  """`length` consecutive stream positions from `start`, for grain.MapDataset.source.
+
+  Item i is the example at stream position start + i (epochs back to back), so a
+  resumed run continues by passing start = examples already consumed.
+  """
+
+  def __init__(self, examples: PretrainingExamples, length: int, start: int = 0):
+    if length < 0 or start < 0:
+      raise ValueError(f"length {length} and start {start} must be >= 0")
+    self.examples = examples
+    self.length = length
+    self.start = start
+
+  def __len__(self) -> int:
+    return self.length
+
+  def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+    if not 0 <= i < self.length:
+      raise IndexError(f"stream item {i} outside [0, {self.length})")
+    return self.examples.example(*self.examples.locate(self.start + i))
+
+
+def batch_examples(examples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+  """Stacks examples key by key into a batch with a leading axis."""
+  if not examples:
+    raise ValueError("cannot batch an empty list of examples")
+  return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+
+
+def split_heldout(store: DocumentStore, fraction: float,
+                  seed: int) -> tuple[DocumentStore, DocumentStore]:
+  """Splits whole documents into (train, eval) stores, eval ~ `fraction` of them.
+
+  Deterministic in (store, fraction, seed); both keep the store's document order.
+  """
+  if not 0.0 < fraction < 1.0:
+    raise UserError(f"held-out fraction {fraction!r} must be in (0, 1).")
+  if store.num_docs < 2:
+    raise UserError(f"the document store holds {store.num_docs} document(s); "
+                    "holding some out for evaluation needs at least 2.")
+  n_eval = min(store.num_docs - 1, max(1, round(fraction * store.num_docs)))
+  held = np.zeros(store.num_docs, bool)
+  held[_rng(seed, _HELDOUT_STREAM).permutation(store.num_docs)[:n_eval]] = True
+  return store.subset(np.flatnonzero(~held)), store.subset(np.flatnonzero(held))

@@ -1,0 +1,90 @@
+"""The full set of run-config keys with their defaults.
+
+`configs/*.py` start from `pretrain_config()` or `finetune_config()` and change a few
+values; every key a user can override on the command line is defined here once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from jaxbert.config import ConfigDict
+from jaxbert.errors import UserError
+from jaxbert.model import BertConfig, preset
+from jaxbert.optim import default_optim_config
+
+
+def model_config(preset_name: str = "mini") -> ConfigDict:
+  """`preset` plus every BertConfig field (vocab_size comes from the tokenizer)."""
+  fields = {f.name: f.default for f in dataclasses.fields(BertConfig) if f.name != "vocab_size"}
+  return ConfigDict({"preset": preset_name, "override_preset_sizes": False, **fields})
+
+
+def bert_config(model: ConfigDict, vocab_size: int) -> BertConfig:
+  """The frozen BertConfig a run's `model` group describes."""
+  fields = {k: v for k, v in model.items() if k not in ("preset", "override_preset_sizes")}
+  sizes = ("num_layers", "hidden_size", "num_heads", "intermediate_size")
+  try:
+    if model.preset and not model.override_preset_sizes:
+      return preset(model.preset, vocab_size=vocab_size,
+                    **{k: v for k, v in fields.items() if k not in sizes})
+    return BertConfig(vocab_size=vocab_size, **fields)
+  except ValueError as e:
+    raise UserError(f"config.model: {e}") from None
+
+
+def train_config(**overrides) -> ConfigDict:
+  c = ConfigDict({
+      "steps": 1000,            # optimizer steps (x optim.accum_steps micro-batches)
+      "batch_size": 32,         # global batch, split over all devices of all processes
+      "seed": 0,
+      "log_every": 50,
+      "eval_every": 500,
+      "checkpoint_every": 500,
+      "keep_checkpoints": 3,
+      "progress": True,         # tqdm progress bar
+      "peak_flops": 0.0,        # device matmul peak for MFU; 0 measures it at start
+      "prng_impl": "threefry2x32",  # or "rbg": cheaper dropout masks, not sharding-invariant
+  })
+  c.update(overrides)
+  return c
+
+
+def mesh_config() -> ConfigDict:
+  return ConfigDict({"data": -1, "fsdp": 1})
+
+
+def pretrain_config(preset_name: str = "mini") -> ConfigDict:
+  c = ConfigDict()
+  c.task = "pretrain"
+  c.name = f"pretrain-{preset_name}"
+  c.model = model_config(preset_name)
+  c.data = ConfigDict({
+      # A local file, folder or glob (one sentence/paragraph per line, blank line between
+      # documents), or "tfds:<name>" for a tfds text dataset (e.g. tfds:wikipedia/20230601.en).
+      "corpus": "",
+      "text_field": "text",
+      "split": "train",
+      "tfds_data_dir": "",      # "" -> WORKDIR/tfds for local corpora, tfds's default otherwise
+      "heldout_fraction": 0.01,  # whole documents held out for evaluation
+      "max_seq_len": 128,
+      "max_predictions_per_seq": 20,
+      "mask_prob": 0.15,
+      "short_seq_prob": 0.1,
+      "whole_word": False,
+      "num_workers": 2,          # loader worker processes (0: in the training process)
+      "eval_examples": 2048,
+  })
+  c.tokenizer = ConfigDict({
+      "path": "",               # an existing tokenizer directory; "" trains one on the corpus
+      "vocab_size": 8000,
+      "model_type": "unigram",  # or "bpe"
+      "lowercase": True,
+      "train_sentences": 500_000,
+  })
+  c.optim = default_optim_config()
+  c.optim.lr = 1e-3
+  c.optim.warmup_fraction = 0.05
+  c.train = train_config(batch_size=64, steps=10_000, eval_every=1000, checkpoint_every=500)
+  c.mesh = mesh_config()
+  return c

@@ -1,0 +1,195 @@
+"""The fine-tuning task: a tfds (or local) task, an encoder handed over, a new head.
+
+Shares the trainer, loop, sharding and checkpointing with pre-training; only the
+data, the head and the loss differ.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.experimental import multihost_utils
+
+from jaxbert import flops as flops_lib
+from jaxbert import handover
+from jaxbert import model as model_lib
+from jaxbert import sharding as shd
+from jaxbert.checkpoint import write_json_atomic
+from jaxbert.config import ConfigDict
+from jaxbert.data import tasks as tasks_lib
+from jaxbert.errors import UserError
+
+log = logging.getLogger("jaxbert")
+
+
+def build_model(cfg: model_lib.BertConfig, spec):
+  if spec.kind == "classification":
+    return model_lib.BertForSequenceClassification(cfg, spec.num_labels)
+  if spec.kind == "regression":
+    return model_lib.BertForSequenceClassification(cfg, 1)
+  if spec.kind == "token_classification":
+    return model_lib.BertForTokenClassification(cfg, spec.num_labels)
+  if spec.kind == "qa":
+    return model_lib.BertForQuestionAnswering(cfg)
+  raise ValueError(f"unknown task kind {spec.kind!r}")
+
+
+def task_loss(kind: str, outputs, batch):
+  """(loss, metrics) for one task kind; every term is a mean over real targets."""
+  if kind == "classification":
+    logits, label = outputs["logits"], batch["label"]
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, label).mean()
+    return loss, {"accuracy": (logits.argmax(-1) == label).mean()}
+  if kind == "regression":
+    pred = outputs["logits"][:, 0]
+    loss = jnp.mean((pred - batch["label"]) ** 2)
+    return loss, {"mse": loss}
+  if kind == "token_classification":
+    w = batch["token_label_weights"]
+    ce = optax.softmax_cross_entropy_with_integer_labels(outputs["logits"], batch["token_labels"])
+    denom = jnp.maximum(w.sum(), 1.0)
+    acc = ((outputs["logits"].argmax(-1) == batch["token_labels"]) * w).sum() / denom
+    return (ce * w).sum() / denom, {"token_accuracy": acc}
+  if kind == "qa":
+    start = optax.softmax_cross_entropy_with_integer_labels(outputs["start_logits"],
+                                                            batch["start_positions"])
+    end = optax.softmax_cross_entropy_with_integer_labels(outputs["end_logits"],
+                                                          batch["end_positions"])
+    return (start.mean() + end.mean()) / 2, {}
+  raise ValueError(f"unknown task kind {kind!r}")
+
+
+def _model_inputs(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  return {k: v for k, v in arrays.items() if v.ndim >= 1}
+
+
+class FinetuneTask:
+  """Supervised training on one task; see jaxbert/train.py for the Task protocol."""
+
+  def __init__(self, config: ConfigDict, workdir: str, mesh):
+    self.config = config
+    self.workdir = workdir
+    self.mesh = mesh
+    self.batch_sharding = shd.batch_sharding(mesh)
+    d = config.data
+    self.source = handover.open_source(config.init) if config.init else None
+    if self.source is not None:
+      self.tokenizer = self.source.tokenizer
+      base_cfg = self.source.model_cfg
+      if config.tokenizer.path:
+        raise UserError("set either config.init (its tokenizer is used) or config.tokenizer.path")
+    else:
+      from jaxbert.defaults import bert_config  # pylint: disable=g-import-not-at-top
+      from jaxbert.tokenizer import load_tokenizer, padded_vocab_size  # pylint: disable=g-import-not-at-top
+      if not config.tokenizer.path:
+        raise UserError("fine-tuning from random initialisation needs --config.tokenizer.path "
+                        "(or start from a checkpoint with --config.init=...)")
+      self.tokenizer = load_tokenizer(config.tokenizer.path)
+      base_cfg = bert_config(config.model, padded_vocab_size(self.tokenizer.vocab_size))
+    # Dropout may be retuned for fine-tuning; the architecture comes from the checkpoint.
+    self.model_cfg = base_cfg.replace(hidden_dropout=config.model.hidden_dropout,
+                                      attention_dropout=config.model.attention_dropout,
+                                      dtype=config.model.dtype, remat=config.model.remat)
+    if d.max_seq_len > self.model_cfg.max_position_embeddings:
+      raise UserError(f"config.data.max_seq_len={d.max_seq_len} exceeds the model's "
+                      f"max_position_embeddings={self.model_cfg.max_position_embeddings}")
+    data_dir = d.data_dir or None
+    options = dict(d.options) if d.get("options") else {}
+    load = lambda split: tasks_lib.load_task(d.task, split=split, tokenizer=self.tokenizer,
+                                             max_seq_len=d.max_seq_len, data_dir=data_dir,
+                                             **options)
+    self.train_data = load(d.train_split)
+    self.eval_data = load(d.eval_split)
+    self.spec = self.train_data.spec
+    self.model = build_model(self.model_cfg, self.spec)
+    self.global_batch = config.train.batch_size
+    self.local_batch = self.global_batch // jax.process_count()
+    n = len(self.train_data)
+    if n < self.global_batch:
+      raise UserError(f"{d.task} split {d.train_split!r} has {n} examples, fewer than "
+                      f"train.batch_size={self.global_batch}")
+    epochs = config.train.get("epochs", 0)
+    steps = int(np.ceil(epochs * n / self.global_batch)) if epochs else config.train.steps
+    self.total_steps = steps * (config.optim.accum_steps or 1)
+    self.optimizer_steps = steps
+    self._save_tokenizer()
+    log.info("task %s (%s): %d train / %d eval examples; %d steps of batch %d",
+             d.task, self.spec.kind, n, len(self.eval_data), self.total_steps, self.global_batch)
+
+  def _save_tokenizer(self):
+    path = os.path.join(self.workdir, "tokenizer")
+    if jax.process_index() == 0 and not os.path.isdir(path):
+      self.tokenizer.save(path)
+
+  # --- data --------------------------------------------------------------------
+  def _train_indices(self, step: int) -> np.ndarray:
+    """This process's example indices for `step`: a fresh permutation every epoch."""
+    n = len(self.train_data)
+    start = step * self.global_batch + jax.process_index() * self.local_batch
+    positions = np.arange(start, start + self.local_batch)
+    epochs, offsets = np.divmod(positions, n)
+    out = np.empty_like(positions)
+    for e in np.unique(epochs):
+      perm = np.random.default_rng([self.config.train.seed, int(e)]).permutation(n)
+      out[epochs == e] = perm[offsets[epochs == e]]
+    return out
+
+  def example_batch(self):
+    return self.train_data.batch(np.arange(self.local_batch))
+
+  def batches(self, start_step: int):
+    for step in range(start_step, self.total_steps):
+      yield self.train_data.batch(self._train_indices(step))
+
+  # --- model ---------------------------------------------------------------------
+  def loss_fn(self, params, batch, rng):
+    outputs = self.model.apply({"params": params}, batch, deterministic=False, rngs={"dropout": rng})
+    return task_loss(self.spec.kind, outputs, batch)
+
+  def init_params(self, params, param_shardings):
+    if self.source is None:
+      return params
+    params, report = handover.load_encoder(self.source, params, param_shardings)
+    if jax.process_index() == 0:
+      print(report.describe())
+      write_json_atomic(os.path.join(self.workdir, "handover.json"), report.to_dict())
+    return params
+
+  def flops_per_batch(self) -> float:
+    heads = {"classification": self.spec.num_labels, "regression": 1,
+             "token_classification": self.spec.num_labels, "qa": 2}[self.spec.kind]
+    return self.global_batch * flops_lib.finetune_flops_per_sequence(
+        self.model_cfg, self.config.data.max_seq_len, heads)
+
+  # --- evaluation ----------------------------------------------------------------
+  def predict_all(self, params, predict, data) -> dict[str, np.ndarray]:
+    """Outputs for every example of `data`, in order (the last batch padded, never dropped)."""
+    n = len(data)
+    chunks = []
+    for start in range(0, n, self.global_batch):
+      idx = np.arange(start, start + self.global_batch)
+      idx = np.minimum(idx, n - 1)  # pad by repeating the last example; sliced away below
+      mine = idx[jax.process_index() * self.local_batch:][:self.local_batch]
+      out = predict(params, shd.global_batch(data.batch(mine), self.batch_sharding))
+      chunks.append(jax.tree.map(np.asarray, multihost_utils.process_allgather(out, tiled=True)))
+    outputs = {k: np.concatenate([c[k] for c in chunks])[:n] for k in chunks[0]}
+    if self.spec.kind == "regression":
+      outputs = {"predictions": outputs["logits"][:, 0]}
+    return outputs
+
+  def evaluate(self, params, predict) -> dict[str, float]:
+    outputs = self.predict_all(params, predict, self.eval_data)
+    metrics = tasks_lib.evaluate(self.eval_data, outputs)
+    if jax.process_index() == 0:
+      tasks_lib.write_predictions(self.eval_data, outputs,
+                                  os.path.join(self.workdir, "predictions.jsonl"))
+      write_json_atomic(os.path.join(self.workdir, "results.json"),
+                        {"task": self.config.data.task, "split": self.config.data.eval_split,
+                         "metrics": metrics, "num_examples": len(self.eval_data)})
+    return metrics

@@ -1,0 +1,50 @@
+"""Analytic FLOP counts for MFU, and the device's measured matmul peak.
+
+We count executed matmul FLOPs (2 per multiply-add), forward x 3 for training
+(backward = 2 x forward). The masked-LM decoder is counted at the P gathered
+positions it actually runs on, not at every token: the honest denominator for a
+sparse head. Elementwise work (softmax, GELU, LayerNorm) is left out, as usual.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+
+from jaxbert.model import BertConfig
+
+
+def encoder_forward_flops(cfg: BertConfig, seq_len: int) -> float:
+  """One sequence through embeddings-to-pooler."""
+  t, h, i = seq_len, cfg.hidden_size, cfg.intermediate_size
+  per_layer = (2 * t * h * 4 * h      # Q, K, V and output projections
+               + 2 * t * h * i * 2    # the two feed-forward matmuls
+               + 2 * t * t * h * 2)   # scores Q.K^T and probabilities x V
+  return cfg.num_layers * per_layer + 2 * h * h  # + pooler
+
+
+def pretraining_flops_per_sequence(cfg: BertConfig, seq_len: int, predictions: int) -> float:
+  """Training FLOPs (forward + backward) of one sequence with MLM + NSP heads."""
+  h = cfg.hidden_size
+  mlm = 2 * predictions * h * h + 2 * predictions * h * cfg.vocab_size
+  forward = encoder_forward_flops(cfg, seq_len) + mlm + 2 * h * 2
+  return 3.0 * forward
+
+
+def finetune_flops_per_sequence(cfg: BertConfig, seq_len: int, head_outputs: int) -> float:
+  return 3.0 * (encoder_forward_flops(cfg, seq_len) + 2 * seq_len * cfg.hidden_size * head_outputs)
+
+
+def measure_matmul_peak(dtype=jnp.float32, n: int = 2048, repeats: int = 5) -> float:
+  """FLOP/s of the best of `repeats` n x n matmuls on the default device."""
+  a = jnp.ones((n, n), dtype)
+  mm = jax.jit(lambda x: x @ x)
+  mm(a).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    t = time.perf_counter()
+    mm(a).block_until_ready()
+    best = min(best, time.perf_counter() - t)
+  return 2 * n ** 3 / best

@@ -1,0 +1,144 @@
+"""Hand-over of a pre-trained encoder into a fine-tuning model.
+
+`config.init` names a pre-training workdir (its latest checkpoint), one checkpoint
+step folder inside it, or a bundle from `jaxbert import-hf`. Only the encoder
+(`bert/...`) is read, through an Orbax partial restore straight into the target
+shardings; heads are new and the optimizer starts fresh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import traverse_util
+
+from jaxbert.checkpoint import MODEL_JSON, read_model_json
+from jaxbert.config import ConfigDict
+from jaxbert.errors import UserError
+from jaxbert.model import BertConfig
+
+
+@dataclasses.dataclass
+class Source:
+  """Where pre-trained weights come from."""
+
+  item_dir: str            # the Orbax checkpoint folder to read
+  prefix: tuple[str, ...]  # path of the parameter tree inside it
+  model_cfg: BertConfig
+  tokenizer: object
+  description: str
+
+
+def _latest_step_dir(ckpt_root: str) -> str:
+  steps = sorted((int(n) for n in os.listdir(ckpt_root) if n.isdigit()), reverse=True)
+  if not steps:
+    raise UserError(f"{ckpt_root} holds no finished checkpoint; train longer or point "
+                    "config.init at another run")
+  return os.path.join(ckpt_root, str(steps[0]))
+
+
+def open_source(init: str) -> Source:
+  """Resolves `config.init` to a readable source, or a UserError saying what was expected."""
+  from jaxbert.defaults import bert_config  # pylint: disable=g-import-not-at-top
+  from jaxbert.tokenizer import load_tokenizer, padded_vocab_size  # pylint: disable=g-import-not-at-top
+  path = os.path.abspath(init)
+  if not os.path.exists(path):
+    raise UserError(f"config.init={init}: no such file or directory")
+  if os.path.isfile(os.path.join(path, MODEL_JSON)):  # an import-hf bundle
+    meta = read_model_json(path)
+    return Source(os.path.join(path, "params"), (), meta["model"],
+                  load_tokenizer(os.path.join(path, "tokenizer")), f"bundle {path}")
+  if os.path.basename(os.path.dirname(path)) == "checkpoints" and os.path.basename(path).isdigit():
+    step_dir, workdir = path, os.path.dirname(os.path.dirname(path))
+  elif os.path.isdir(os.path.join(path, "checkpoints")):
+    step_dir, workdir = _latest_step_dir(os.path.join(path, "checkpoints")), path
+  else:
+    raise UserError(f"config.init={init} is neither a training workdir (with checkpoints/), "
+                    f"a checkpoint step folder, nor a bundle (with {MODEL_JSON})")
+  try:
+    with open(os.path.join(workdir, "config.json")) as f:
+      run_config = ConfigDict(json.load(f))
+  except (OSError, ValueError) as e:
+    raise UserError(f"{workdir}/config.json is missing or malformed ({e})") from None
+  tokenizer = load_tokenizer(os.path.join(workdir, "tokenizer"))
+  model_cfg = bert_config(run_config.model, padded_vocab_size(tokenizer.vocab_size))
+  return Source(os.path.join(step_dir, "default"), ("params",), model_cfg, tokenizer,
+                f"run {workdir} step {os.path.basename(step_dir)}")
+
+
+@dataclasses.dataclass
+class HandoverReport:
+  source: str
+  loaded: dict[str, tuple]
+  new: dict[str, tuple]
+  dropped: dict[str, tuple]
+
+  def to_dict(self):
+    count = lambda d: int(sum(np.prod(s, dtype=np.int64) for s in d.values()))
+    return {"source": self.source,
+            **{k: {"tensors": len(v), "parameters": count(v), "paths": sorted(v)}
+               for k, v in (("loaded", self.loaded), ("new", self.new), ("dropped", self.dropped))}}
+
+  def describe(self) -> str:
+    d = self.to_dict()
+    lines = [f"hand-over from {self.source}:"]
+    for k in ("loaded", "new", "dropped"):
+      heads = sorted({p.split("/")[0] if not p.startswith("bert/") else "/".join(p.split("/")[:2])
+                      for p in d[k]["paths"]})
+      lines.append(f"  {k:8s} {d[k]['tensors']:4d} tensors {d[k]['parameters']:>12,d} parameters"
+                   + (f"  ({', '.join(heads)})" if heads and k != "loaded" else ""))
+    return "\n".join(lines)
+
+
+def _flat(tree) -> dict[str, object]:
+  return {"/".join(k): v for k, v in traverse_util.flatten_dict(tree).items()}
+
+
+def load_encoder(source: Source, params, shardings):
+  """params with every `bert/...` leaf the source has replaced by the pre-trained value."""
+  with ocp.PyTreeCheckpointer() as ckptr:
+    try:
+      meta = ckptr.metadata(source.item_dir)
+    except (FileNotFoundError, ValueError) as e:
+      raise UserError(f"cannot read the checkpoint at {source.item_dir} ({e})") from None
+    tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta
+    for key in source.prefix:
+      tree = tree[key]
+    saved = {k: tuple(v.shape) for k, v in _flat(tree).items()}
+    target = _flat(params)
+    target_sh = _flat(shardings)
+    loaded = {k: saved[k] for k in target if k.startswith("bert/") and k in saved}
+    for k, shape in loaded.items():
+      if tuple(target[k].shape) != shape:
+        raise UserError(f"pre-trained tensor {k} has shape {shape} but the model expects "
+                        f"{tuple(target[k].shape)}: the checkpoint's model config or vocabulary "
+                        "differs from this run's")
+    if not loaded:
+      raise UserError(f"{source.description} holds no encoder (bert/...) parameters")
+    item = {}
+    for k in loaded:
+      node = item
+      parts = k.split("/")
+      for p in parts[:-1]:
+        node = node.setdefault(p, {})
+      node[parts[-1]] = jax.ShapeDtypeStruct(target[k].shape, target[k].dtype, sharding=target_sh[k])
+    for key in reversed(source.prefix):
+      item = {key: item}
+    restore_args = jax.tree.map(
+        lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding, global_shape=s.shape, dtype=s.dtype), item)
+    restored = ckptr.restore(source.item_dir, args=ocp.args.PyTreeRestore(
+        item=item, restore_args=restore_args, partial_restore=True))
+  for key in source.prefix:
+    restored = restored[key]
+  restored = _flat(restored)
+  merged = {k: restored.get(k, v) for k, v in target.items()}
+  report = HandoverReport(
+      source=source.description, loaded=loaded,
+      new={k: tuple(v.shape) for k, v in target.items() if k not in loaded},
+      dropped={k: s for k, s in saved.items() if k not in loaded})
+  return traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in merged.items()}), report

@@ -1,0 +1,345 @@
+"""Optax optimizers for BERT pre-training and fine-tuning.
+
+Everything is decided when the optax transformation is built: the train step
+only calls `tx.update(grads, opt_state, params)` and `optax.apply_updates`, with
+no config branches inside it. The transformation is
+
+  partition({"frozen": set_to_zero(),
+             "trainable": [MultiSteps(k)] chain(clip_by_global_norm,
+                                                 scale_by_adam,
+                                                 add_decayed_weights(mask),
+                                                 [scale_by_trust_ratio],   # LAMB
+                                                 [scale by layer factor],  # layer_lr_decay
+                                                 scale_by_learning_rate(schedule))})
+
+so frozen leaves get exact zero updates, no weight decay, no Adam moments and no
+accumulation buffer, and the global gradient norm is taken over the trainable
+leaves only. The learning-rate schedule and the MultiSteps counters live in the
+optimizer state as int32 scalars, so the state is a plain pytree that jits,
+donates and shards like the parameters.
+
+Config keys (the `optim` subtree, see `default_optim_config`):
+  name:            "adamw" (Adam with decoupled weight decay) or "lamb".
+  lr:              peak learning rate, reached at the end of warm-up.
+  b1, b2, eps:     Adam moment decay rates and denominator epsilon (BERT used
+                   0.9, 0.999, 1e-6). Adam moments are bias-corrected.
+  weight_decay:    decoupled weight decay, multiplied by the learning rate;
+                   never applied to LayerNorm parameters or biases (0 disables).
+  clip_norm:       clip the (accumulated) gradient to this global L2 norm;
+                   0 or None disables clipping.
+  warmup_steps:    linear warm-up length in optimizer updates; when > 0 it
+                   overrides warmup_fraction.
+  warmup_fraction: warm-up length as a fraction of total optimizer updates.
+  decay:           after warm-up: "linear" or "cosine" decay reaching
+                   end_lr_fraction * lr at the last update, or "constant".
+  end_lr_fraction: final learning rate as a fraction of lr (linear/cosine).
+  accum_steps:     micro-batches accumulated (averaged) per optimizer update;
+                   updates are zero on the other micro-steps.
+  freeze:          "none"; "encoder" (all of `bert`, only the heads train);
+                   "embeddings"; "bottom:K" (embeddings and encoder layers
+                   0..K-1); "layers:I,J,..." (those encoder layers only).
+  layer_lr_decay:  < 1 scales the learning rate of a leaf at depth d by
+                   layer_lr_decay ** (L + 1 - d): embeddings have depth 0,
+                   encoder layer i depth i + 1, pooler and heads depth L + 1.
+
+Step counts (`total_steps`, warm-up, the schedule's argument) are optimizer
+updates, i.e. micro-batches divided by accum_steps.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from jaxbert.errors import UserError
+
+PyTree = Any
+
+FROZEN = "frozen"
+TRAINABLE = "trainable"
+_NAMES = ("adamw", "lamb")
+_DECAYS = ("linear", "cosine", "constant")
+# BERT's AdamWeightDecayOptimizer excluded exactly these names from weight decay.
+_NO_DECAY_MODULES = ("LayerNorm", "layer_norm")
+_LAYER_RE = re.compile(r"layer_(\d+)")
+
+
+def default_optim_config() -> ml_collections.ConfigDict:
+  """The `optim` config subtree with its defaults (BERT's AdamW settings)."""
+  return ml_collections.ConfigDict({
+      "name": "adamw",
+      "lr": 1e-4,
+      "b1": 0.9,
+      "b2": 0.999,
+      "eps": 1e-6,
+      "weight_decay": 0.01,
+      "clip_norm": 1.0,
+      "warmup_steps": 0,
+      "warmup_fraction": 0.1,
+      "decay": "linear",
+      "end_lr_fraction": 0.0,
+      "accum_steps": 1,
+      "freeze": "none",
+      "layer_lr_decay": 1.0,
+  })
+
+
+def _resolve(cfg: Mapping[str, Any] | None) -> ml_collections.ConfigDict:
+  """Defaults overlaid with `cfg`, checked; unknown keys are a UserError."""
+  out = default_optim_config()
+  cfg = {} if cfg is None else cfg
+  unknown = sorted(set(cfg.keys()) - set(out.keys()))
+  if unknown:
+    raise UserError(f"unknown optim config keys {['optim.' + k for k in unknown]}; "
+                    f"known keys: {sorted(out.keys())}")
+  for k in cfg.keys():
+    out[k] = cfg[k]
+
+  def check(ok: bool, key: str, want: str):
+    if not ok:
+      raise UserError(f"optim.{key}={out[key]!r} is invalid: {want}")
+
+  check(out.name in _NAMES, "name", f"use one of {list(_NAMES)}")
+  check(out.decay in _DECAYS, "decay", f"use one of {list(_DECAYS)}")
+  check(out.lr > 0, "lr", "must be > 0")
+  check(0 <= out.b1 < 1, "b1", "must be in [0, 1)")
+  check(0 <= out.b2 < 1, "b2", "must be in [0, 1)")
+  check(out.eps > 0, "eps", "must be > 0")
+  check(out.weight_decay >= 0, "weight_decay", "must be >= 0")
+  check(out.clip_norm is None or out.clip_norm >= 0, "clip_norm", "must be >= 0 (0 or None disables)")
+  check(int(out.warmup_steps) == out.warmup_steps and out.warmup_steps >= 0, "warmup_steps",
+        "must be an integer >= 0")
+  check(0 <= out.warmup_fraction < 1, "warmup_fraction", "must be in [0, 1)")
+  check(0 <= out.end_lr_fraction <= 1, "end_lr_fraction", "must be in [0, 1]")
+  check(int(out.accum_steps) == out.accum_steps and out.accum_steps >= 1, "accum_steps",
+        "must be an integer >= 1")
+  check(0 < out.layer_lr_decay <= 1, "layer_lr_decay", "must be in (0, 1] (1 disables)")
+  check(isinstance(out.freeze, str), "freeze", "must be a string")
+  return out
+
+
+# ----------------------------------------------------------------------------- schedule
+
+
+def make_schedule(cfg: Mapping[str, Any] | None, total_steps: int) -> optax.Schedule:
+  """Learning rate per optimizer update: linear warm-up from 0, then decay.
+
+  Warm-up reaches `lr` at update `W`; linear/cosine decay then runs from `W` to
+  `total_steps` (not from 0 as in the original BERT code, which made the rate
+  jump down at the end of warm-up) and stays at `end_lr_fraction * lr` after.
+  """
+  cfg = _resolve(cfg)
+  total = int(total_steps)
+  if total < 1:
+    raise UserError(f"the number of training steps ({total_steps}) must be >= 1")
+  warmup = int(cfg.warmup_steps) if cfg.warmup_steps > 0 else int(round(cfg.warmup_fraction * total))
+  if cfg.decay != "constant" and warmup >= total:
+    raise UserError(f"warm-up of {warmup} steps (optim.warmup_steps / optim.warmup_fraction) "
+                    f"leaves no room to decay within {total} training steps; shorten the warm-up "
+                    "or set optim.decay='constant'")
+  lr, end, decay = float(cfg.lr), float(cfg.end_lr_fraction), cfg.decay
+
+  def schedule(step):
+    step = jnp.asarray(step, jnp.float32)
+    warm = lr * step / max(warmup, 1)
+    if decay == "constant":
+      after = jnp.full_like(step, lr)
+    else:
+      t = jnp.clip((step - warmup) / (total - warmup), 0.0, 1.0)
+      shape = 1.0 - t if decay == "linear" else 0.5 * (1.0 + jnp.cos(jnp.pi * t))
+      after = lr * (end + (1.0 - end) * shape)
+    return jnp.where(step < warmup, warm, after)
+
+  return schedule
+
+
+# ----------------------------------------------------------------------------- labels
+
+
+def _names(path) -> tuple[str, ...]:
+  """Key names along a pytree path (dict keys, attribute names or indices)."""
+  out = []
+  for k in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(k, attr):
+        out.append(str(getattr(k, attr)))
+        break
+    else:
+      out.append(str(k))
+  return tuple(out)
+
+
+def _num_layers(params: PyTree) -> int:
+  """L: the number of `bert/encoder/layer_i` subtrees (0 without an encoder)."""
+  try:
+    encoder = params["bert"]["encoder"]
+  except (KeyError, TypeError):
+    return 0
+  idx = sorted(int(m.group(1)) for k in encoder if (m := _LAYER_RE.fullmatch(str(k))))
+  if idx != list(range(len(idx))):
+    raise ValueError(f"bert/encoder layers are not layer_0..layer_{len(idx) - 1}: {idx}")
+  return len(idx)
+
+
+def _depth(names: tuple[str, ...], num_layers: int) -> int:
+  """0 for embeddings, i + 1 for encoder layer i, L + 1 for the pooler and heads."""
+  if not names or names[0] != "bert":
+    return num_layers + 1
+  part = names[1] if len(names) > 1 else ""
+  if part == "embeddings":
+    return 0
+  if part == "pooler":
+    return num_layers + 1
+  if part == "encoder" and len(names) > 2 and (m := _LAYER_RE.fullmatch(names[2])):
+    return int(m.group(1)) + 1
+  # A silently wrong depth would give a wrong learning rate; make the model and
+  # this table agree instead.
+  raise ValueError(f"no layer depth for parameter {'/'.join(names)}; expected bert/embeddings, "
+                   "bert/encoder/layer_i, bert/pooler or a head outside 'bert'")
+
+
+def _frozen_depths(freeze: str, num_layers: int) -> frozenset[int] | None:
+  """Depths under `bert` frozen by `freeze`; None means all of `bert`."""
+  s = freeze.strip()
+  forms = (f"use 'none', 'encoder', 'embeddings', 'bottom:K' (embeddings and the first K "
+           f"encoder layers, 0 <= K <= {num_layers}) or 'layers:I,J,...' (encoder layer "
+           f"indices in 0..{num_layers - 1})")
+  bad = UserError(f"optim.freeze={freeze!r} is not valid: {forms}")
+  if s == "none":
+    return frozenset()
+  if s == "encoder":
+    return None
+  if s == "embeddings":
+    return frozenset({0})
+  kind, _, arg = s.partition(":")
+  kind = kind.strip()
+  if kind == "bottom":
+    if not re.fullmatch(r"\s*\d+\s*", arg) or int(arg) > num_layers:
+      raise bad
+    return frozenset(range(int(arg) + 1))
+  if kind == "layers":
+    items = [a.strip() for a in arg.split(",")]
+    if not all(re.fullmatch(r"\d+", a) for a in items):
+      raise bad
+    layers = {int(a) for a in items}
+    if max(layers) >= num_layers:
+      raise bad
+    return frozenset(i + 1 for i in layers)
+  raise bad
+
+
+def _labeler(freeze: str, num_layers: int) -> Callable[[PyTree], PyTree]:
+  """A function mapping a tree to its labels; the freeze string is checked now."""
+  frozen = _frozen_depths(freeze, num_layers)
+
+  def label(path, _):
+    names = _names(path)
+    depth = _depth(names, num_layers)
+    in_bert = bool(names) and names[0] == "bert"
+    if in_bert and (frozen is None or depth in frozen):
+      return FROZEN
+    return f"depth_{depth}"
+
+  return lambda tree: jax.tree_util.tree_map_with_path(label, tree)
+
+
+def param_labels(params: PyTree, cfg: Mapping[str, Any] | None) -> PyTree:
+  """Per-leaf labels: "frozen", or "depth_D" with D as in `layer_lr_decay`.
+
+  `params` are the model's parameters (or their ShapeDtypeStructs), i.e.
+  `variables["params"]`, with the `bert` subtree and heads beside it.
+  """
+  cfg = _resolve(cfg)
+  return _labeler(cfg.freeze, _num_layers(params))(params)
+
+
+def weight_decay_mask(params: PyTree) -> PyTree:
+  """True for leaves that get weight decay: all but LayerNorm parameters and biases.
+
+  Embedding tables do get decay, as in BERT's AdamWeightDecayOptimizer.
+  """
+
+  def decays(path, _):
+    names = _names(path)
+    return not (names and names[-1] == "bias") and not any(n in _NO_DECAY_MODULES for n in names)
+
+  return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def trainable_count(params: PyTree, freeze: str = "none") -> tuple[int, int]:
+  """(trainable, total) numbers of parameter scalars under `freeze`."""
+  labels = _labeler(freeze, _num_layers(params))(params)
+  sizes = jax.tree.map(lambda p: int(np.prod(p.shape)), params)
+  total = sum(jax.tree.leaves(sizes))
+  frozen = sum(n for n, l in zip(jax.tree.leaves(sizes), jax.tree.leaves(labels)) if l == FROZEN)
+  return total - frozen, total
+
+
+# ----------------------------------------------------------------------------- optimizer
+
+
+def scale_by_layer_depth(decay: float, num_layers: int) -> optax.GradientTransformation:
+  """Multiplies each leaf's update by decay ** (L + 1 - depth); stateless.
+
+  The factor is a Python float per leaf, found from the leaf's path at trace
+  time, so it costs one multiply and no state. Subtrees masked out by
+  `optax.partition` (MaskedNode) hold no leaves and are passed through.
+  """
+
+  def update(updates, state, params=None):
+    del params
+
+    def scale(path, u):
+      return u * (decay ** (num_layers + 1 - _depth(_names(path), num_layers)))
+
+    return jax.tree_util.tree_map_with_path(scale, updates), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def make_optimizer(cfg: Mapping[str, Any] | None, params_or_shapes: PyTree,
+                   total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """The optimizer for `params_or_shapes` and its learning-rate schedule.
+
+  `total_steps` counts optimizer updates (micro-batches / accum_steps). Call
+  `tx.update(grads, state, params)` with the params: weight decay needs them.
+  """
+  cfg = _resolve(cfg)
+  num_layers = _num_layers(params_or_shapes)
+  labeler = _labeler(cfg.freeze, num_layers)
+  labeler(params_or_shapes)  # Fails now, not inside jit, on a parameter without a depth.
+  schedule = make_schedule(cfg, total_steps)
+
+  parts = []
+  if cfg.clip_norm:
+    parts.append(optax.clip_by_global_norm(float(cfg.clip_norm)))
+  parts.append(optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps))
+  if cfg.weight_decay > 0:
+    parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=weight_decay_mask))
+  if cfg.name == "lamb":
+    # The trust ratio rescales each leaf's update to ||param||, so the layer
+    # factor must come after it or it would be normalised away.
+    parts.append(optax.scale_by_trust_ratio())
+  if cfg.layer_lr_decay < 1:
+    parts.append(scale_by_layer_depth(float(cfg.layer_lr_decay), num_layers))
+  parts.append(optax.scale_by_learning_rate(schedule))
+  trainable = optax.chain(*parts)
+  if cfg.accum_steps > 1:
+    # Inside the partition, so the accumulator holds trainable leaves only.
+    trainable = optax.MultiSteps(trainable, every_k_schedule=int(cfg.accum_steps))
+    trainable = trainable.gradient_transformation()
+
+  def coarse_labels(tree):
+    return jax.tree.map(lambda l: FROZEN if l == FROZEN else TRAINABLE, labeler(tree))
+
+  # The freeze partition wraps the whole chain: frozen leaves see neither
+  # clipping, weight decay nor accumulation, and keep no optimizer state.
+  tx = optax.partition({FROZEN: optax.set_to_zero(), TRAINABLE: trainable}, coarse_labels)
+  return tx, schedule

@@ -1,0 +1,213 @@
+"""The pre-training task: corpus -> tokenizer -> NSP pairs with MLM masks -> MLM + NSP loss.
+
+Everything the corpus costs to prepare (the trained tokenizer, the tokenized
+document store) is cached in the workdir, so a resumed run starts in seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from typing import Iterator
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxbert import flops as flops_lib
+from jaxbert import sharding as shd
+from jaxbert.config import ConfigDict
+from jaxbert.data import corpus as corpus_lib
+from jaxbert.data.docstore import DocumentStore
+from jaxbert.data.pretraining import (PretrainDataConfig, PretrainingExamples, batch_examples,
+                                      split_heldout)
+from jaxbert.defaults import bert_config
+from jaxbert.errors import UserError
+from jaxbert.model import BertForPreTraining
+from jaxbert import tokenizer as tok_lib
+
+log = logging.getLogger("jaxbert")
+
+
+def prepare_tokenizer(config: ConfigDict, workdir: str) -> tok_lib.Tokenizer:
+  """The run's tokenizer: `tokenizer.path`, else the one cached in the workdir, else trained."""
+  tcfg = config.tokenizer
+  if tcfg.path:
+    return tok_lib.load_tokenizer(tcfg.path)
+  cached = os.path.join(workdir, "tokenizer")
+  if os.path.isdir(cached):
+    return tok_lib.load_tokenizer(cached)
+  log.info("training a %s sentencepiece tokenizer (vocabulary %d) on %s",
+           tcfg.model_type, tcfg.vocab_size, config.data.corpus)
+  sentences = corpus_lib.sentences_for_tokenizer_training(
+      _documents(config, workdir), max_sentences=tcfg.train_sentences, seed=config.train.seed)
+  return tok_lib.train_sentencepiece(sentences, cached, vocab_size=tcfg.vocab_size,
+                                     model_type=tcfg.model_type, lowercase=tcfg.lowercase,
+                                     seed=config.train.seed)
+
+
+def _documents(config: ConfigDict, workdir: str):
+  d = config.data
+  if not d.corpus:
+    raise UserError("config.data.corpus is empty; set --config.data.corpus=PATH (a file, folder "
+                    "or glob of text) or tfds:NAME")
+  data_dir = d.tfds_data_dir or os.path.join(workdir, "tfds")
+  return corpus_lib.iter_documents(d.corpus, data_dir=data_dir, split=d.split,
+                                   text_field=d.text_field)
+
+
+def prepare_stores(config: ConfigDict, workdir: str, tokenizer) -> tuple[DocumentStore, DocumentStore]:
+  """(train, held-out) tokenized stores, cached under WORKDIR/corpus/<key>."""
+  d = config.data
+  key = hashlib.sha256(json.dumps([d.corpus, d.split, d.text_field, d.heldout_fraction,
+                                   config.train.seed, tokenizer.fingerprint()]).encode()).hexdigest()[:16]
+  root = os.path.join(workdir, "corpus", key)
+  done = os.path.join(root, "DONE")
+  if not os.path.exists(done):
+    store = corpus_lib.build_docstore(_documents(config, workdir), tokenizer,
+                                      progress=config.train.progress)
+    train, held = split_heldout(store, d.heldout_fraction, config.train.seed)
+    train.save(os.path.join(root, "train"))
+    held.save(os.path.join(root, "eval"))
+    open(done, "w").close()
+  return (DocumentStore.load(os.path.join(root, "train")),
+          DocumentStore.load(os.path.join(root, "eval")))
+
+
+class StepBatches:
+  """grain source: item i is this process's share of the global batch of step start + i.
+
+  Global example g of step s is stream position s * global_batch + g; process p
+  takes positions [p * local, (p + 1) * local) of every step's batch.
+  """
+
+  def __init__(self, examples: PretrainingExamples, global_batch: int, start: int, length: int):
+    self.examples = examples
+    self.local = global_batch // jax.process_count()
+    self.global_batch = global_batch
+    self.offset = jax.process_index() * self.local
+    self.start, self.length = start, length
+
+  def __len__(self):
+    return self.length
+
+  def __getitem__(self, i):
+    base = (self.start + i) * self.global_batch + self.offset
+    ex = self.examples
+    return batch_examples([ex.example(*ex.locate(base + j)) for j in range(self.local)])
+
+
+def batch_iterator(source, num_workers: int) -> Iterator[dict[str, np.ndarray]]:
+  ds = grain.MapDataset.source(source).to_iter_dataset()
+  if num_workers > 0:
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+  return iter(ds)
+
+
+def mlm_nsp_loss(outputs, batch):
+  """(loss, metrics): mean MLM cross-entropy over real predictions + NSP cross-entropy."""
+  w = batch["masked_weights"]
+  mlm_ce = optax.softmax_cross_entropy_with_integer_labels(outputs["mlm_logits"], batch["masked_ids"])
+  denom = jnp.maximum(w.sum(), 1.0)
+  mlm_loss = (mlm_ce * w).sum() / denom
+  mlm_acc = ((outputs["mlm_logits"].argmax(-1) == batch["masked_ids"]) * w).sum() / denom
+  nsp_ce = optax.softmax_cross_entropy_with_integer_labels(outputs["nsp_logits"],
+                                                           batch["next_sentence_label"])
+  nsp_acc = (outputs["nsp_logits"].argmax(-1) == batch["next_sentence_label"]).mean()
+  metrics = {"mlm_loss": mlm_loss, "mlm_accuracy": mlm_acc, "nsp_loss": nsp_ce.mean(),
+             "nsp_accuracy": nsp_acc}
+  return mlm_loss + nsp_ce.mean(), metrics
+
+
+class PretrainTask:
+  """MLM + NSP on a corpus; see jaxbert/train.py for the Task protocol."""
+
+  def __init__(self, config: ConfigDict, workdir: str, mesh):
+    self.config = config
+    self.batch_sharding = shd.batch_sharding(mesh)
+    self.tokenizer = prepare_tokenizer(config, workdir)
+    vocab = tok_lib.padded_vocab_size(self.tokenizer.vocab_size)
+    self.model_cfg = bert_config(config.model, vocab)
+    tok_lib.check_vocab(self.tokenizer, self.model_cfg.vocab_size, "config.model")
+    d = config.data
+    if d.max_seq_len > self.model_cfg.max_position_embeddings:
+      raise UserError(f"config.data.max_seq_len={d.max_seq_len} exceeds "
+                      f"config.model.max_position_embeddings={self.model_cfg.max_position_embeddings}")
+    self.model = BertForPreTraining(self.model_cfg)
+    train_store, eval_store = prepare_stores(config, workdir, self.tokenizer)
+    data_cfg = PretrainDataConfig(
+        max_seq_len=d.max_seq_len, max_predictions_per_seq=d.max_predictions_per_seq,
+        mask_prob=d.mask_prob, short_seq_prob=d.short_seq_prob, whole_word=d.whole_word,
+        seed=config.train.seed)
+    self.train_examples = PretrainingExamples.from_tokenizer(train_store, data_cfg, self.tokenizer)
+    self.eval_examples = PretrainingExamples.from_tokenizer(eval_store, data_cfg, self.tokenizer)
+    self.optimizer_steps = config.train.steps
+    self.total_steps = config.train.steps * (config.optim.accum_steps or 1)
+    self.global_batch = config.train.batch_size
+    self.local_batch = self.global_batch // jax.process_count()
+    # The most frequent training piece: the baseline the held-out MLM accuracy must beat.
+    counts = np.bincount(np.asarray(train_store.tokens), minlength=self.tokenizer.vocab_size)
+    special = [self.tokenizer.pad_id, self.tokenizer.unk_id, self.tokenizer.cls_id,
+               self.tokenizer.sep_id, self.tokenizer.mask_id]
+    counts[special] = 0
+    self.majority_id = int(counts.argmax())
+    self._eval_batches = None
+    self._save_tokenizer(workdir)
+    log.info("corpus: %d train documents (%d tokens), %d held out; model %s, vocabulary %d",
+             train_store.num_docs, train_store.num_tokens, eval_store.num_docs,
+             config.model.preset, vocab)
+
+  def _save_tokenizer(self, workdir):
+    path = os.path.join(workdir, "tokenizer")
+    if jax.process_index() == 0 and not os.path.isdir(path):
+      self.tokenizer.save(path)
+
+  def example_batch(self):
+    return batch_examples([self.train_examples.example(0, 0)] * self.local_batch)
+
+  def loss_fn(self, params, batch, rng):
+    outputs = self.model.apply({"params": params}, batch, deterministic=False, rngs={"dropout": rng})
+    return mlm_nsp_loss(outputs, batch)
+
+  def batches(self, start_step: int):
+    source = StepBatches(self.train_examples, self.global_batch, start_step,
+                         self.total_steps - start_step)
+    return batch_iterator(source, self.config.data.num_workers)
+
+  def init_params(self, params, param_shardings):
+    del param_shardings
+    return params
+
+  def flops_per_batch(self) -> float:
+    d = self.config.data
+    return self.global_batch * flops_lib.pretraining_flops_per_sequence(
+        self.model_cfg, d.max_seq_len, d.max_predictions_per_seq)
+
+  def _eval_local_batches(self):
+    if self._eval_batches is None:
+      n = min(self.config.data.eval_examples, self.eval_examples.num_examples(0))
+      steps = max(1, n // self.global_batch)
+      source = StepBatches(self.eval_examples, self.global_batch, 0, steps)
+      self._eval_batches = [source[i] for i in range(steps)]
+    return self._eval_batches
+
+  def evaluate(self, params, predict) -> dict[str, float]:
+    sums = {"mlm_loss": 0.0, "mlm_accuracy": 0.0, "nsp_loss": 0.0, "nsp_accuracy": 0.0}
+    weight, majority_hits = 0.0, 0.0
+    batches = self._eval_local_batches()
+    for local in batches:
+      batch = shd.global_batch(local, self.batch_sharding)
+      _, metrics = mlm_nsp_loss(predict(params, batch), batch)
+      for k in sums:
+        sums[k] += float(metrics[k])
+      w = local["masked_weights"]
+      weight += float(w.sum())
+      majority_hits += float(((local["masked_ids"] == self.majority_id) * w).sum())
+    out = {k: v / len(batches) for k, v in sums.items()}
+    # Per-process share; every process holds the same kind of data, so it estimates the whole.
+    out["mlm_majority_baseline"] = majority_hits / max(weight, 1.0)
+    return out
