@@ -26,14 +26,17 @@ def build_task(config: ConfigDict, workdir: str, mesh):
   raise UserError(f"config.task must be 'pretrain' or 'finetune', not {config.task!r}")
 
 
-def run(config: ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains (or resumes) the run `config` describes in `workdir`; returns final eval metrics."""
+def run(config: ConfigDict, workdir: str, devices=None) -> dict[str, float]:
+  """Trains (or resumes) the run `config` describes in `workdir`; returns final eval metrics.
+
+  `devices` restricts the mesh to some devices (tests); by default it spans all of them.
+  """
   shd.maybe_initialize_distributed()
   jax.config.update("jax_default_prng_impl", config.train.prng_impl)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
-  mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp)
-  n = jax.device_count()
+  mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp, devices)
+  n = mesh.size
   if config.train.batch_size % n:
     raise UserError(f"train.batch_size={config.train.batch_size} must be a multiple of the "
                     f"{n} devices (mesh {dict(mesh.shape)})")

@@ -214,9 +214,9 @@ def test_matches_clipped_optax_reference_optimizer(name, reference):
   ours, _ = run_steps(c, params, grads)
 
   def run_reference(tx):
-    p, state = params, tx.init(params)
+    p, state, update = params, tx.init(params), jax.jit(tx.update)
     for g in grads:
-      u, state = tx.update(g, state, params=p)
+      u, state = update(g, state, p)
       p = optax.apply_updates(p, u)
     return p
 
@@ -245,9 +245,14 @@ def test_clipping_ignores_frozen_gradients():
 @pytest.mark.parametrize("name", ["adamw", "lamb"])
 def test_accumulation_equals_one_step_on_the_mean_gradient(name):
   params = fake_params()
-  grads = [fake_grads(params, s) for s in range(4)]
-  # Small clip_norm so clipping is active: it must see the mean gradient, as with one big batch.
-  common = dict(name=name, lr=1e-2, warmup_steps=2, weight_decay=0.1, clip_norm=0.5,
+  grads = [jax.tree.map(lambda x: f * x, fake_grads(params, s)) for s, f in enumerate([1, 1, 3, 3])]
+  mean = [jax.tree.map(lambda a, b: (a + b) / 2, grads[0], grads[1]),
+          jax.tree.map(lambda a, b: (a + b) / 2, grads[2], grads[3])]
+  # Clipping must see the mean gradient, as with one big batch: the first mean is just
+  # under the clip norm (a summed gradient would be clipped), the second is well over it.
+  trainable = {**mean[0], "bert": {k: v for k, v in mean[0]["bert"].items() if k != "embeddings"}}
+  clip = 1.2 * float(optax.global_norm(trainable))
+  common = dict(name=name, lr=1e-2, warmup_steps=2, weight_decay=0.1, clip_norm=clip,
                 freeze="embeddings", layer_lr_decay=0.7)
   tx, schedule = optim.make_optimizer(cfg(accum_steps=2, **common), params, 10)
   update = jax.jit(tx.update)
@@ -258,8 +263,6 @@ def test_accumulation_equals_one_step_on_the_mean_gradient(name):
     if i % 2 == 0:  # Micro-steps between optimizer updates change nothing.
       assert all(not np.any(u) for u in jax.tree.leaves(updates))
     accumulated = optax.apply_updates(accumulated, updates)
-  mean = [jax.tree.map(lambda a, b: (a + b) / 2, grads[0], grads[1]),
-          jax.tree.map(lambda a, b: (a + b) / 2, grads[2], grads[3])]
   # Two optimizer updates in both runs: the schedule counts updates, not micro-steps.
   single, _ = run_steps(cfg(accum_steps=1, **common), params, mean)
   for a, b in zip(jax.tree.leaves(accumulated), jax.tree.leaves(single)):

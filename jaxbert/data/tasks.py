@@ -1,0 +1,483 @@
+"""Fine-tuning tasks: what they are, their data as fixed-shape arrays, their scores.
+
+`load_task` reads one split of a task (a tfds dataset by name, or the user's own
+files, see `jaxbert.data.local_files`) and encodes it into numpy arrays of
+sequence length T:
+
+- classification / regression: `[CLS] a [SEP]` or `[CLS] a [SEP] b [SEP]`,
+  the longer text cut first when the pair does not fit (as the original BERT);
+  `label` (N,) int32 (-1 = unlabeled) or float32 (nan = unlabeled).
+- token_classification (NER): every word encoded by itself; its tag sits on
+  its first piece (`token_labels`, `token_label_weights` = 1), other pieces
+  and padding have weight 0. Words that do not fit are counted, and predicted
+  as "O" when decoding.
+- qa (SQuAD): overlapping context windows, see `jaxbert.data.qa`.
+
+`evaluate` scores model outputs for the whole split (in order) with the task's
+metrics; `write_predictions` writes them as JSON lines for people to read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from typing import Any, Sequence
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from jaxbert import metrics
+from jaxbert.data import local_files
+from jaxbert.data import qa
+from jaxbert.errors import UserError
+
+KINDS = ("classification", "regression", "token_classification", "qa")
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+  """What a task is: its inputs, labels and how it is scored.
+
+  num_labels is the classifier width: classes, 1 for regression, tags for
+  NER, 2 (start, end) for QA. `metrics` names the scores `evaluate` reports;
+  `main_metric` is the one to select checkpoints by.
+  """
+
+  name: str
+  kind: str
+  num_labels: int
+  label_names: tuple[str, ...]
+  text_fields: tuple[str, ...]
+  label_field: str
+  main_metric: str
+  higher_is_better: bool
+  metrics: tuple[str, ...]
+  train_split: str = "train"
+  eval_split: str = "validation"
+  version_2: bool = False  # SQuAD v2.0: questions may have no answer
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+  kind: str
+  text_fields: tuple[str, ...]
+  label_field: str
+  metrics: tuple[str, ...]
+  eval_split: str = "validation"
+  version_2: bool = False
+
+
+_PAIR = ("sentence1", "sentence2")
+# The first metric is the main one (what the BERT paper reports for the task).
+TFDS_TASKS = {
+    "glue/cola": _Entry("classification", ("sentence",), "label", ("mcc", "accuracy")),
+    "glue/sst2": _Entry("classification", ("sentence",), "label", ("accuracy",)),
+    "glue/mrpc": _Entry("classification", _PAIR, "label", ("f1", "accuracy")),
+    "glue/qqp": _Entry("classification", ("question1", "question2"), "label",
+                       ("f1", "accuracy")),
+    "glue/stsb": _Entry("regression", _PAIR, "label", ("spearman", "pearson")),
+    "glue/mnli": _Entry("classification", ("premise", "hypothesis"), "label",
+                        ("accuracy",), eval_split="validation_matched"),
+    "glue/qnli": _Entry("classification", ("question", "sentence"), "label", ("accuracy",)),
+    "glue/rte": _Entry("classification", _PAIR, "label", ("accuracy",)),
+    "glue/wnli": _Entry("classification", _PAIR, "label", ("accuracy",)),
+    "conll2003": _Entry("token_classification", ("tokens",), "ner",
+                        ("f1", "precision", "recall"), eval_split="dev"),
+    "squad/v1.1": _Entry("qa", ("question", "context"), "answers", ("f1", "exact_match")),
+    "squad/v2.0": _Entry("qa", ("question", "context"), "answers", ("f1", "exact_match"),
+                         version_2=True),
+}
+
+_LABEL_METRICS = {"accuracy": metrics.accuracy, "f1": metrics.binary_f1,
+                  "mcc": metrics.matthews_corrcoef, "pearson": metrics.pearson,
+                  "spearman": metrics.spearman}
+# Options of `load_task` read here (the rest describe local files) and defaults.
+_QA_OPTIONS = {"doc_stride": 128, "max_query_len": 64, "max_answer_len": 30,
+               "n_best_size": 20, "null_score_threshold": 0.0, "article_split": None}
+
+
+@dataclasses.dataclass
+class TaskData:
+  """One encoded split.
+
+  arrays: the model inputs and targets, one row per feature (an example, or
+    a QA window); see the module docstring.
+  examples: the split's examples, decoded to Python values, in order.
+  metadata: what decoding needs besides the arrays (QA windows).
+  counts: examples, features, truncation and skip counts.
+  options: the QA decoding options in effect.
+  """
+
+  spec: TaskSpec
+  split: str
+  max_seq_len: int
+  arrays: dict[str, np.ndarray]
+  examples: list[dict[str, Any]]
+  metadata: dict[str, Any]
+  counts: dict[str, int]
+  options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+  @property
+  def num_features(self) -> int:
+    return int(self.arrays["input_ids"].shape[0])
+
+
+# ---------------------------------------------------------------------------
+# Reading examples.
+
+
+def _str(x) -> str:
+  """tfds text (bytes; str or 0-d arrays under tfds.testing.mock_data) -> str."""
+  if isinstance(x, np.ndarray):
+    x = x.item()
+  return x.decode("utf-8") if isinstance(x, bytes) else str(x)
+
+
+def _read_all(source) -> list[dict[str, Any]]:
+  n = len(source)
+  try:
+    return [r for lo in range(0, n, 4096)
+            for r in source.__getitems__(list(range(lo, min(n, lo + 4096))))]
+  except TypeError:  # tfds.testing.mock_data's sources cannot read in batches
+    return [source[i] for i in range(n)]
+
+
+def _normalize(raw: dict[str, Any], spec: TaskSpec, where: str) -> dict[str, Any] | None:
+  """One tfds record -> plain Python values; None for an empty NER sentence."""
+  if spec.kind in ("classification", "regression"):
+    label = np.asarray(raw[spec.label_field]).item() if spec.label_field in raw else None
+    if spec.kind == "classification":
+      label = -1 if label is None else int(label)
+    else:
+      label = float("nan") if label is None else float(label)
+    return {"texts": tuple(_str(raw[f]) for f in spec.text_fields), "label": label}
+  if spec.kind == "token_classification":
+    tokens = [_str(t) for t in raw[spec.text_fields[0]]]
+    tags = [int(t) for t in np.asarray(raw[spec.label_field]).reshape(-1)]
+    if len(tokens) != len(tags):
+      raise UserError(f"{where}: {len(tokens)} words but {len(tags)} tags")
+    return {"tokens": tokens, "tags": tags} if tokens else None
+  answers = raw["answers"]
+  impossible = bool(np.asarray(raw.get("is_impossible", False)).item())
+  return {"id": _str(raw["id"]), "title": _str(raw.get("title", b"")),
+          "question": _str(raw["question"]), "context": _str(raw["context"]),
+          "answers": [_str(t) for t in answers["text"]],
+          "answer_starts": [int(s) for s in np.asarray(answers["answer_start"]).reshape(-1)],
+          "is_impossible": impossible}
+
+
+def _names(feature) -> tuple[str, ...]:
+  if isinstance(feature, tfds.features.Sequence):
+    feature = feature.feature
+  return tuple(feature.names) if isinstance(feature, tfds.features.ClassLabel) else ()
+
+
+def _make_spec(name, kind, label_names, text_fields, label_field, metric_names,
+               eval_split="validation", version_2=False) -> TaskSpec:
+  num_labels = {"regression": 1, "qa": 2}.get(kind, len(label_names))
+  return TaskSpec(name=name, kind=kind, num_labels=num_labels, label_names=label_names,
+                  text_fields=tuple(text_fields), label_field=label_field,
+                  main_metric=metric_names[0], higher_is_better=True,
+                  metrics=tuple(metric_names), eval_split=eval_split, version_2=version_2)
+
+
+def tfds_task_spec(name: str, data_dir: str | None = None) -> TaskSpec:
+  """The spec of a registered tfds task, label names from the dataset's features."""
+  if name not in TFDS_TASKS:
+    raise UserError(f"unknown task {name!r}; known: {sorted(TFDS_TASKS)} (or give the "
+                    "path of a local task directory or file)")
+  entry = TFDS_TASKS[name]
+  features = tfds.builder(name, data_dir=data_dir).info.features
+  labels = _names(features[entry.label_field]) if entry.kind != "qa" else ()
+  return _make_spec(name, entry.kind, labels, entry.text_fields, entry.label_field,
+                    entry.metrics, entry.eval_split, entry.version_2)
+
+
+def _tfds_source(name: str, split: str, data_dir: str | None):
+  try:
+    return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+  except ValueError as e:  # unknown split or bad slice
+    builder = tfds.builder(name, data_dir=data_dir)
+    raise UserError(f"split {split!r} of {name}: {e} (splits: "
+                    f"{sorted(builder.info.splits)})") from None
+  except Exception as e:
+    if not tfds.builder(name, data_dir=data_dir).is_prepared():
+      raise UserError(f"tfds dataset {name} is not prepared in data_dir={data_dir!r}; "
+                      "prepare it with file_format='array_record' or point data_dir at "
+                      "a directory holding it") from None
+    raise UserError(f"cannot read {name} split {split!r}: {e}") from e
+
+
+def _local_spec(path: str, src: local_files.LocalSource) -> TaskSpec:
+  if src.kind == "classification":
+    names = ("accuracy", "f1", "mcc") if len(src.label_names) == 2 else ("accuracy", "mcc")
+    fields = ("text", "text_pair") if src.has_pair else ("text",)
+    return _make_spec(path, src.kind, src.label_names, fields, "label", names)
+  if src.kind == "regression":
+    fields = ("text", "text_pair") if src.has_pair else ("text",)
+    return _make_spec(path, src.kind, (), fields, "label", ("spearman", "pearson"))
+  if src.kind == "token_classification":
+    return _make_spec(path, src.kind, src.label_names, ("tokens",), "ner",
+                      ("f1", "precision", "recall"))
+  return _make_spec(path, "qa", (), ("question", "context"), "answers",
+                    ("f1", "exact_match"), version_2=src.version_2)
+
+
+# ---------------------------------------------------------------------------
+# Encoding.
+
+
+def _fill(rows: Sequence[Sequence[int]], types: Sequence[Sequence[int]], t: int,
+          pad_id: int) -> dict[str, np.ndarray]:
+  n = len(rows)
+  out = {"input_ids": np.full((n, t), pad_id, np.int32),
+         "token_type_ids": np.zeros((n, t), np.int32),
+         "attention_mask": np.zeros((n, t), np.int32)}
+  for i, (row, typ) in enumerate(zip(rows, types)):
+    out["input_ids"][i, :len(row)] = row
+    out["token_type_ids"][i, :len(row)] = typ
+    out["attention_mask"][i, :len(row)] = 1
+  return out
+
+
+def _truncated_lengths(la: int, lb: int, budget: int) -> tuple[int, int]:
+  """Lengths after BERT's longest-first cut: pop from the longer side (the
+  second on ties) until the pair fits in `budget` pieces."""
+  if la + lb <= budget:
+    return la, lb
+  short = min(la, lb)
+  if budget - short >= short:  # cutting the longer side alone is enough
+    return (budget - short, lb) if la > lb else (la, budget - short)
+  return (budget + 1) // 2, budget // 2  # both reach equal length, then alternate
+
+
+def encode_texts(texts: Sequence[tuple[str, ...]], tokenizer, max_seq_len: int):
+  """Single or pair encoding -> ({input_ids, token_type_ids, attention_mask}, truncated).
+
+  `[CLS] a [SEP]` or `[CLS] a [SEP] b [SEP]` with token type 1 on `b [SEP]`; a
+  text (pair) that does not fit is cut longest-first, as in the original BERT.
+  """
+  pair = bool(texts) and len(texts[0]) == 2
+  a_ids = tokenizer.encode_batch([x[0] for x in texts])
+  b_ids = tokenizer.encode_batch([x[1] for x in texts]) if pair else [[]] * len(texts)
+  budget = max_seq_len - (3 if pair else 2)
+  rows, types, truncated = [], [], 0
+  cls, sep = tokenizer.cls_id, tokenizer.sep_id
+  for a, b in zip(a_ids, b_ids):
+    la, lb = _truncated_lengths(len(a), len(b), budget)
+    truncated += (la, lb) != (len(a), len(b))
+    a, b = list(a[:la]), list(b[:lb])
+    row = [cls] + a + [sep] + (b + [sep] if pair else [])
+    rows.append(row)
+    types.append([0] * (la + 2) + [1] * (len(row) - la - 2))
+  return _fill(rows, types, max_seq_len, tokenizer.pad_id), truncated
+
+
+def _encode_words(examples, tokenizer, max_seq_len):
+  """NER rows: tag on each word's first piece; words beyond T are dropped."""
+  words = [w for ex in examples for w in ex["tokens"]]
+  pieces = tokenizer.encode_batch(words)
+  t = max_seq_len
+  rows, types = [], []
+  labels = np.zeros((len(examples), t), np.int32)
+  weights = np.zeros((len(examples), t), np.float32)
+  truncated = truncated_words = 0
+  k = 0
+  for i, ex in enumerate(examples):
+    row = [tokenizer.cls_id]
+    for w, tag in enumerate(ex["tags"]):
+      p = list(pieces[k + w]) or [tokenizer.unk_id]  # a word always gets a position
+      room = t - 1 - len(row)  # keep one slot for [SEP]
+      if room < 1:
+        truncated += 1
+        truncated_words += len(ex["tags"]) - w
+        break
+      labels[i, len(row)] = tag
+      weights[i, len(row)] = 1.0
+      row += p[:room]
+    k += len(ex["tags"])
+    row.append(tokenizer.sep_id)
+    rows.append(row)
+    types.append([0] * len(row))
+  arrays = _fill(rows, types, t, tokenizer.pad_id)
+  arrays.update(token_labels=labels, token_label_weights=weights)
+  return arrays, {"truncated": truncated, "truncated_words": truncated_words}
+
+
+# ---------------------------------------------------------------------------
+# Loading.
+
+
+def load_task(name_or_path: str, *, split: str, tokenizer, max_seq_len: int,
+              data_dir: str | None = None, **options) -> TaskData:
+  """Reads and encodes one split of a task.
+
+  name_or_path: a name in `TFDS_TASKS` (read from `data_dir` with
+    tfds.data_source), else a local task directory or file (see
+    `jaxbert.data.local_files`; its prepared array_record goes to `data_dir`,
+    tfds's default directory when None). A registered name wins over a
+    same-named directory: write `./conll2003` for the directory.
+  split: a tfds split string; slices such as "train[:10%]" work.
+  options: QA only: doc_stride (128), max_query_len (64), max_answer_len (30),
+    n_best_size (20), null_score_threshold (0.0, v2.0), article_split ((lo, hi):
+    keep the questions of the articles in that range of the split, see
+    `qa.article_split_indices`; train on (0.0, 0.8) and evaluate on (0.8, 1.0)
+    of squad/v1.1 "validation" to share no context). Local files: the options
+    of `local_files` (format, labels, kind, column names).
+  """
+  if max_seq_len < 4:
+    raise UserError(f"max_seq_len={max_seq_len} is too small (at least 4)")
+  qa_options = {k: options.pop(k) for k in list(options) if k in _QA_OPTIONS}
+  if name_or_path in TFDS_TASKS:
+    if options:
+      raise UserError(f"options {sorted(options)} do not apply to the tfds task "
+                      f"{name_or_path}")
+    spec = tfds_task_spec(name_or_path, data_dir)
+    source = _tfds_source(name_or_path, split, data_dir)
+    where = f"{name_or_path} {split}"
+  else:
+    match = re.fullmatch(r"(\w+)(\[[^\]]*\])?", split)
+    if not match:
+      raise UserError(f"split {split!r}: a local split is a file name, optionally "
+                      "sliced, e.g. 'train' or 'train[:10%]'")
+    builder, src = local_files.prepare_local(name_or_path, match.group(1), data_dir,
+                                             options)
+    spec = _local_spec(name_or_path, src)
+    try:
+      source = builder.as_data_source(split=split)
+    except ValueError as e:
+      raise UserError(f"split {split!r} of {src.path}: {e}") from None
+    where = src.path
+  if qa_options and spec.kind != "qa":
+    raise UserError(f"options {sorted(qa_options)} apply to QA tasks only, not to "
+                    f"{spec.name} ({spec.kind})")
+  raws = _read_all(source)
+  examples = [_normalize(r, spec, f"{where} example {i}") for i, r in enumerate(raws)]
+  counts = {"empty_skipped": sum(ex is None for ex in examples)}
+  examples = [ex for ex in examples if ex is not None]
+  settings = dict(_QA_OPTIONS, **qa_options) if spec.kind == "qa" else {}
+  if settings.get("article_split") is not None:
+    keep = qa.article_split_indices([ex["title"] for ex in examples],
+                                    settings["article_split"])
+    examples = [examples[i] for i in keep]
+    counts["articles"] = len({ex["title"] for ex in examples})
+  counts["examples"] = len(examples)
+  metadata: dict[str, Any] = {}
+  if spec.kind in ("classification", "regression"):
+    arrays, counts["truncated"] = encode_texts([ex["texts"] for ex in examples],
+                                               tokenizer, max_seq_len)
+    dtype = np.int32 if spec.kind == "classification" else np.float32
+    arrays["label"] = np.asarray([ex["label"] for ex in examples], dtype).reshape(-1)
+  elif spec.kind == "token_classification":
+    arrays, more = _encode_words(examples, tokenizer, max_seq_len)
+    counts.update(more)
+  else:
+    arrays, metadata, more = qa.prepare_qa(
+        examples, tokenizer, max_seq_len, doc_stride=int(settings["doc_stride"]),
+        max_query_len=int(settings["max_query_len"]))
+    counts.update(more)
+  return TaskData(spec=spec, split=split, max_seq_len=max_seq_len, arrays=arrays,
+                  examples=examples, metadata=metadata, counts=counts, options=settings)
+
+
+# ---------------------------------------------------------------------------
+# Decoding and scoring.
+
+
+def _output(outputs: dict[str, np.ndarray], key: str, shape: tuple) -> np.ndarray:
+  if key not in outputs:
+    raise ValueError(f"outputs lack {key!r} (have {sorted(outputs)})")
+  x = np.asarray(outputs[key])
+  if x.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, x.shape)):
+    raise ValueError(f"outputs[{key!r}] has shape {x.shape}, expected {shape} "
+                     "(None = any)")
+  return x
+
+
+def decode_predictions(task_data: TaskData,
+                       outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+  """Per example its prediction: a label id, a float, word tags or answer text.
+
+  outputs: "logits" (N, C) for classification, "predictions" (N,) for
+  regression, "logits" (N, T, C) for NER, "start_logits"/"end_logits"
+  (features, T) for QA; rows for the whole split in order.
+  """
+  spec, n, t = task_data.spec, task_data.num_features, task_data.max_seq_len
+  if spec.kind == "classification":
+    logits = _output(outputs, "logits", (n, spec.num_labels)).astype(np.float64)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    return [{"prediction": int(np.argmax(p)), "probabilities": p.tolist()} for p in probs]
+  if spec.kind == "regression":
+    preds = _output(outputs, "predictions", (n,))
+    return [{"prediction": float(p)} for p in preds]
+  if spec.kind == "token_classification":
+    logits = _output(outputs, "logits", (n, t, spec.num_labels))
+    weights = task_data.arrays["token_label_weights"]
+    out = []
+    for i, ex in enumerate(task_data.examples):
+      first = np.nonzero(weights[i])[0]  # first piece of each word that fits
+      tags = [spec.label_names[k] for k in np.argmax(logits[i, first], -1)]
+      out.append({"prediction": tags + ["O"] * (len(ex["tokens"]) - len(tags))})
+    return out
+  start = _output(outputs, "start_logits", (n, t))
+  end = _output(outputs, "end_logits", (n, t))
+  o = task_data.options
+  return qa.decode_qa(task_data.examples, task_data.metadata, start, end,
+                      n_best_size=int(o["n_best_size"]),
+                      max_answer_len=int(o["max_answer_len"]), version_2=spec.version_2,
+                      null_score_threshold=float(o["null_score_threshold"]))
+
+
+def evaluate(task_data: TaskData, outputs: dict[str, np.ndarray]) -> dict[str, float]:
+  """The task's metrics (fractions in [0, 1]) for outputs over the whole split."""
+  spec = task_data.spec
+  decoded = decode_predictions(task_data, outputs)
+  if spec.kind in ("classification", "regression"):
+    labels = task_data.arrays["label"]
+    if labels.size and (np.any(labels < 0) if spec.kind == "classification"
+                        else np.any(np.isnan(labels))):
+      raise UserError(f"{spec.name} split {task_data.split!r} has unlabeled examples; "
+                      "it can be predicted but not evaluated")
+    preds = np.asarray([d["prediction"] for d in decoded], labels.dtype).reshape(-1)
+    return {m: _LABEL_METRICS[m](preds, labels) for m in spec.metrics}
+  if spec.kind == "token_classification":
+    gold = [[spec.label_names[k] for k in ex["tags"]] for ex in task_data.examples]
+    scores = metrics.entity_scores(gold, [d["prediction"] for d in decoded])
+    return {m: scores[m] for m in ("f1", "precision", "recall")}
+  predictions = {d["id"]: d["prediction"] for d in decoded}
+  gold = {ex["id"]: [] if ex["is_impossible"] else ex["answers"]
+          for ex in task_data.examples}
+  return metrics.squad_scores(predictions, gold)
+
+
+def write_predictions(task_data: TaskData, outputs: dict[str, np.ndarray],
+                      path: str) -> None:
+  """Writes one JSON line per example: its input, prediction and gold answer."""
+  spec = task_data.spec
+  decoded = decode_predictions(task_data, outputs)
+  lines = []
+  for i, (ex, d) in enumerate(zip(task_data.examples, decoded)):
+    if spec.kind in ("classification", "regression"):
+      rec = {"index": i, **dict(zip(spec.text_fields, ex["texts"]))}
+      if spec.kind == "classification":
+        rec["prediction"] = spec.label_names[d["prediction"]]
+        rec["label"] = spec.label_names[ex["label"]] if ex["label"] >= 0 else None
+        rec["probabilities"] = [round(p, 5) for p in d["probabilities"]]
+      else:
+        rec["prediction"] = d["prediction"]
+        rec["label"] = None if np.isnan(ex["label"]) else ex["label"]
+    elif spec.kind == "token_classification":
+      rec = {"index": i, "tokens": ex["tokens"], "prediction": d["prediction"],
+             "label": [spec.label_names[k] for k in ex["tags"]]}
+    else:
+      rec = {"id": ex["id"], "question": ex["question"], "prediction": d["prediction"],
+             "answers": [] if ex["is_impossible"] else ex["answers"]}
+    lines.append(json.dumps(rec, ensure_ascii=False))
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write("".join(line + "\n" for line in lines))
+  os.replace(tmp, path)

@@ -1,0 +1,94 @@
+"""The real pre-training path, small: corpus -> tokenizer -> instances -> sharded steps."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from jaxbert import pretrain
+from jaxbert.defaults import pretrain_config
+from jaxbert.run import run
+
+
+def tiny_config(corpus, **train):
+  c = pretrain_config("tiny")
+  c.model.override_preset_sizes = True
+  c.model.update(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
+                 max_position_embeddings=64)
+  c.data.update(corpus=corpus, max_seq_len=32, max_predictions_per_seq=5, num_workers=0,
+                eval_examples=16, heldout_fraction=0.1)
+  c.tokenizer.update(vocab_size=400, train_sentences=5000)
+  c.optim.update(lr=1e-3, warmup_steps=2)
+  c.train.update(steps=6, batch_size=8, log_every=2, eval_every=3, checkpoint_every=2,
+                 progress=False)
+  c.train.update(train)
+  return c
+
+
+def final_params(workdir):
+  import orbax.checkpoint as ocp
+  ckpt = os.path.join(workdir, "checkpoints")
+  step = max(int(s) for s in os.listdir(ckpt) if s.isdigit())
+  with ocp.StandardCheckpointer() as c:
+    state = c.restore(os.path.join(ckpt, str(step), "default"))
+  return step, traverse_util.flatten_dict(state["params"])
+
+
+@pytest.fixture(scope="module")
+def reference_run(corpus_file, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("pretrain_ref"))
+  metrics = run(tiny_config(corpus_file), workdir, devices=jax.devices()[:1])
+  return workdir, metrics
+
+
+def test_run_writes_metrics_checkpoints_and_tokenizer(reference_run):
+  workdir, metrics = reference_run
+  assert {"mlm_accuracy", "nsp_accuracy", "mlm_majority_baseline"} <= set(metrics)
+  lines = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  train = [l for l in lines if l["split"] == "train"]
+  assert [l["step"] for l in train] == [2, 4, 6]
+  assert all(np.isfinite(l["loss"]) and l["tokens_per_s"] > 0 for l in train)
+  assert os.path.exists(os.path.join(workdir, "tokenizer", "spm.model"))
+  assert os.listdir(os.path.join(workdir, "tensorboard"))
+  step, _ = final_params(workdir)
+  assert step == 6
+
+
+def test_interrupted_run_resumes_bitwise(reference_run, corpus_file, tmp_path, monkeypatch):
+  ref_dir, _ = reference_run
+  workdir = str(tmp_path / "interrupted")
+  real = pretrain.PretrainTask.batches
+
+  def dying_batches(self, start_step):
+    for i, b in enumerate(real(self, start_step)):
+      if start_step == 0 and i == 3:  # dies during step 4, after the step-2 checkpoint
+        raise KeyboardInterrupt
+      yield b
+
+  monkeypatch.setattr(pretrain.PretrainTask, "batches", dying_batches)
+  with pytest.raises(KeyboardInterrupt):
+    run(tiny_config(corpus_file), workdir, devices=jax.devices()[:1])
+  assert final_params(workdir)[0] == 2
+  run(tiny_config(corpus_file), workdir, devices=jax.devices()[:1])
+  _, ref = final_params(ref_dir)
+  step, got = final_params(workdir)
+  assert step == 6
+  for k in ref:
+    np.testing.assert_array_equal(got[k], ref[k], err_msg="/".join(k))
+
+
+@pytest.mark.parametrize("data,fsdp", [(8, 1), (4, 2), (1, 8)])
+def test_mesh_shapes_give_the_same_loss(reference_run, corpus_file, tmp_path, data, fsdp):
+  ref_dir, _ = reference_run
+  if len(jax.devices()) < 8:
+    pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=8")
+  config = tiny_config(corpus_file)
+  config.mesh.update(data=data, fsdp=fsdp)
+  workdir = str(tmp_path / f"mesh_{data}x{fsdp}")
+  run(config, workdir)
+  read = lambda d: [l["loss"] for l in map(json.loads, open(os.path.join(d, "metrics.jsonl")))
+                    if l["split"] == "train"]
+  np.testing.assert_allclose(read(workdir), read(ref_dir), rtol=2e-5)
