@@ -176,12 +176,19 @@ def _names(path) -> tuple[str, ...]:
   return tuple(out)
 
 
-def _num_layers(params: PyTree) -> int:
-  """L: the number of `bert/encoder/layer_i` subtrees (0 without an encoder)."""
-  try:
-    encoder = params["bert"]["encoder"]
-  except (KeyError, TypeError):
+def _num_layers(params: PyTree, needed_for: str | None) -> int:
+  """L: the number of `bert/encoder/layer_i` subtrees.
+
+  A tree without a top-level `bert` key (e.g. the whole `variables` dict instead
+  of `variables["params"]`) would silently freeze nothing, so it is an error
+  whenever `needed_for` names a feature that relies on the BERT layout.
+  """
+  if not isinstance(params, Mapping) or "bert" not in params:
+    if needed_for:
+      raise ValueError(f"{needed_for} needs the model's parameter tree with a top-level 'bert' key "
+                       f"(pass variables['params']); got keys {list(params)[:8]}")
     return 0
+  encoder = params["bert"].get("encoder", {})
   idx = sorted(int(m.group(1)) for k in encoder if (m := _LAYER_RE.fullmatch(str(k))))
   if idx != list(range(len(idx))):
     raise ValueError(f"bert/encoder layers are not layer_0..layer_{len(idx) - 1}: {idx}")
@@ -235,8 +242,11 @@ def _frozen_depths(freeze: str, num_layers: int) -> frozenset[int] | None:
   raise bad
 
 
-def _labeler(freeze: str, num_layers: int) -> Callable[[PyTree], PyTree]:
-  """A function mapping a tree to its labels; the freeze string is checked now."""
+def _labeler(freeze: str, params: PyTree, layer_lr_decay: float = 1.0) -> Callable[[PyTree], PyTree]:
+  """A function mapping a tree shaped like `params` to its labels, checked now."""
+  needed_for = (f"optim.freeze={freeze!r}" if freeze.strip() != "none" else
+                "optim.layer_lr_decay" if layer_lr_decay < 1 else None)
+  num_layers = _num_layers(params, needed_for)
   frozen = _frozen_depths(freeze, num_layers)
 
   def label(path, _):
@@ -247,7 +257,9 @@ def _labeler(freeze: str, num_layers: int) -> Callable[[PyTree], PyTree]:
       return FROZEN
     return f"depth_{depth}"
 
-  return lambda tree: jax.tree_util.tree_map_with_path(label, tree)
+  labeler = lambda tree: jax.tree_util.tree_map_with_path(label, tree)
+  labeler(params)  # Fails now, not inside jit, on a parameter without a depth.
+  return labeler
 
 
 def param_labels(params: PyTree, cfg: Mapping[str, Any] | None) -> PyTree:
@@ -257,7 +269,7 @@ def param_labels(params: PyTree, cfg: Mapping[str, Any] | None) -> PyTree:
   `variables["params"]`, with the `bert` subtree and heads beside it.
   """
   cfg = _resolve(cfg)
-  return _labeler(cfg.freeze, _num_layers(params))(params)
+  return _labeler(cfg.freeze, params)(params)
 
 
 def weight_decay_mask(params: PyTree) -> PyTree:
@@ -275,7 +287,7 @@ def weight_decay_mask(params: PyTree) -> PyTree:
 
 def trainable_count(params: PyTree, freeze: str = "none") -> tuple[int, int]:
   """(trainable, total) numbers of parameter scalars under `freeze`."""
-  labels = _labeler(freeze, _num_layers(params))(params)
+  labels = _labeler(freeze, params)(params)
   sizes = jax.tree.map(lambda p: int(np.prod(p.shape)), params)
   total = sum(jax.tree.leaves(sizes))
   frozen = sum(n for n, l in zip(jax.tree.leaves(sizes), jax.tree.leaves(labels)) if l == FROZEN)
@@ -312,9 +324,8 @@ def make_optimizer(cfg: Mapping[str, Any] | None, params_or_shapes: PyTree,
   `tx.update(grads, state, params)` with the params: weight decay needs them.
   """
   cfg = _resolve(cfg)
-  num_layers = _num_layers(params_or_shapes)
-  labeler = _labeler(cfg.freeze, num_layers)
-  labeler(params_or_shapes)  # Fails now, not inside jit, on a parameter without a depth.
+  labeler = _labeler(cfg.freeze, params_or_shapes, cfg.layer_lr_decay)
+  num_layers = _num_layers(params_or_shapes, None)
   schedule = make_schedule(cfg, total_steps)
 
   parts = []

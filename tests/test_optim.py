@@ -199,6 +199,15 @@ def test_bad_freeze_string_is_a_user_error(bad):
     optim.trainable_count(fake_params(), bad)
 
 
+def test_freeze_needs_the_bert_params_tree():
+  # The whole `variables` dict instead of `variables["params"]` would freeze nothing.
+  with pytest.raises(ValueError, match=r"variables\['params'\]"):
+    optim.make_optimizer(cfg(freeze="encoder"), {"params": fake_params()}, 10)
+  # Without freezing or layer decay any tree works.
+  tx, _ = optim.make_optimizer(cfg(), {"w": jnp.ones((2, 2))}, 10)
+  tx.init({"w": jnp.ones((2, 2))})
+
+
 # ----------------------------------------------------------------------------- chain equivalence
 
 
@@ -251,7 +260,7 @@ def test_accumulation_equals_one_step_on_the_mean_gradient(name):
   # Clipping must see the mean gradient, as with one big batch: the first mean is just
   # under the clip norm (a summed gradient would be clipped), the second is well over it.
   trainable = {**mean[0], "bert": {k: v for k, v in mean[0]["bert"].items() if k != "embeddings"}}
-  clip = 1.2 * float(optax.global_norm(trainable))
+  clip = 1.2 * float(optax.tree.norm(trainable))
   common = dict(name=name, lr=1e-2, warmup_steps=2, weight_decay=0.1, clip_norm=clip,
                 freeze="embeddings", layer_lr_decay=0.7)
   tx, schedule = optim.make_optimizer(cfg(accum_steps=2, **common), params, 10)
