@@ -75,6 +75,10 @@ def set_key(config: ConfigDict, key: str, value: Any) -> None:
   node = config
   parts = key.split(".")
   for i, part in enumerate(parts):
+    open_group = isinstance(node, ConfigDict) and not node.is_type_safe and i == len(parts) - 1
+    if open_group and part not in node:  # free-form groups (e.g. data.options) take new keys
+      node[part] = value
+      return
     if not isinstance(node, ConfigDict) or part not in node:
       raise UserError(f"unknown config key {key!r}{_closest(key, config)}")
     if i < len(parts) - 1:

@@ -88,3 +88,38 @@ def pretrain_config(preset_name: str = "mini") -> ConfigDict:
   c.train = train_config(batch_size=64, steps=10_000, eval_every=1000, checkpoint_every=500)
   c.mesh = mesh_config()
   return c
+
+
+def finetune_config(task: str = "glue/sst2") -> ConfigDict:
+  c = ConfigDict()
+  c.task = "finetune"
+  c.name = f"finetune-{task.replace('/', '-')}"
+  # A pre-training workdir, one of its checkpoints/<step> folders, or a `jaxbert import-hf`
+  # bundle. The encoder comes from there (architecture, weights, tokenizer); heads are new.
+  c.init = ""
+  # Architecture for random initialisation only (with tokenizer.path); dropout, dtype and
+  # remat apply in both cases.
+  c.model = model_config("mini")
+  c.tokenizer = ConfigDict({"path": ""})
+  c.data = ConfigDict({
+      "task": task,             # a tfds name (glue/sst2, conll2003, squad/v1.1, ...) or local file
+      "train_split": "train",   # tfds split syntax, slicing included: train[:10%]
+      "eval_split": "validation",
+      "data_dir": "",           # tfds data_dir; "" uses tfds's default
+      "max_seq_len": 128,
+      # load_task options for both splits (QA: doc_stride, max_query_len, max_answer_len,
+      # n_best_size, null_score_threshold; local files: format, labels, column names) ...
+      "options": ConfigDict(type_safe=False),
+      # ... and for one split only (SQuAD v1.1 in ../shared: article_split=(0.0, 0.8) to train,
+      # (0.8, 1.0) to evaluate, so no context is in both).
+      "train_options": ConfigDict(type_safe=False),
+      "eval_options": ConfigDict(type_safe=False),
+  })
+  c.optim = default_optim_config()
+  c.optim.lr = 5e-5
+  c.optim.warmup_fraction = 0.1
+  c.train = train_config(batch_size=32, steps=0, log_every=20, eval_every=10**9,
+                         checkpoint_every=200)
+  c.train.epochs = 3.0          # > 0: steps = ceil(epochs * train examples / batch_size)
+  c.mesh = mesh_config()
+  return c

@@ -65,8 +65,9 @@ def task_loss(kind: str, outputs, batch):
   raise ValueError(f"unknown task kind {kind!r}")
 
 
-def _model_inputs(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  return {k: v for k, v in arrays.items() if v.ndim >= 1}
+def _rows(data: tasks_lib.TaskData, idx: np.ndarray) -> dict[str, np.ndarray]:
+  """The batch of features `idx` (inputs and targets; the model ignores what it doesn't use)."""
+  return {k: v[idx] for k, v in data.arrays.items()}
 
 
 class FinetuneTask:
@@ -99,18 +100,18 @@ class FinetuneTask:
     if d.max_seq_len > self.model_cfg.max_position_embeddings:
       raise UserError(f"config.data.max_seq_len={d.max_seq_len} exceeds the model's "
                       f"max_position_embeddings={self.model_cfg.max_position_embeddings}")
-    data_dir = d.data_dir or None
-    options = dict(d.options) if d.get("options") else {}
-    load = lambda split: tasks_lib.load_task(d.task, split=split, tokenizer=self.tokenizer,
-                                             max_seq_len=d.max_seq_len, data_dir=data_dir,
-                                             **options)
-    self.train_data = load(d.train_split)
-    self.eval_data = load(d.eval_split)
+    # Local task files are prepared (array_record) inside the run unless told otherwise.
+    data_dir = d.data_dir or (None if d.task in tasks_lib.TFDS_TASKS else os.path.join(workdir, "tfds"))
+    load = lambda split, options: tasks_lib.load_task(
+        d.task, split=split, tokenizer=self.tokenizer, max_seq_len=d.max_seq_len,
+        data_dir=data_dir, **{**d.options.to_dict(), **options.to_dict()})
+    self.train_data = load(d.train_split, d.train_options)
+    self.eval_data = load(d.eval_split, d.eval_options)
     self.spec = self.train_data.spec
     self.model = build_model(self.model_cfg, self.spec)
     self.global_batch = config.train.batch_size
     self.local_batch = self.global_batch // jax.process_count()
-    n = len(self.train_data)
+    n = self.train_data.num_features
     if n < self.global_batch:
       raise UserError(f"{d.task} split {d.train_split!r} has {n} examples, fewer than "
                       f"train.batch_size={self.global_batch}")
@@ -120,7 +121,8 @@ class FinetuneTask:
     self.optimizer_steps = steps
     self._save_tokenizer()
     log.info("task %s (%s): %d train / %d eval examples; %d steps of batch %d",
-             d.task, self.spec.kind, n, len(self.eval_data), self.total_steps, self.global_batch)
+             d.task, self.spec.kind, n, self.eval_data.num_features, self.total_steps,
+             self.global_batch)
 
   def _save_tokenizer(self):
     path = os.path.join(self.workdir, "tokenizer")
@@ -130,7 +132,7 @@ class FinetuneTask:
   # --- data --------------------------------------------------------------------
   def _train_indices(self, step: int) -> np.ndarray:
     """This process's example indices for `step`: a fresh permutation every epoch."""
-    n = len(self.train_data)
+    n = self.train_data.num_features
     start = step * self.global_batch + jax.process_index() * self.local_batch
     positions = np.arange(start, start + self.local_batch)
     epochs, offsets = np.divmod(positions, n)
@@ -141,11 +143,11 @@ class FinetuneTask:
     return out
 
   def example_batch(self):
-    return self.train_data.batch(np.arange(self.local_batch))
+    return _rows(self.train_data, np.arange(self.local_batch))
 
   def batches(self, start_step: int):
     for step in range(start_step, self.total_steps):
-      yield self.train_data.batch(self._train_indices(step))
+      yield _rows(self.train_data, self._train_indices(step))
 
   # --- model ---------------------------------------------------------------------
   def loss_fn(self, params, batch, rng):
@@ -170,13 +172,13 @@ class FinetuneTask:
   # --- evaluation ----------------------------------------------------------------
   def predict_all(self, params, predict, data) -> dict[str, np.ndarray]:
     """Outputs for every example of `data`, in order (the last batch padded, never dropped)."""
-    n = len(data)
+    n = data.num_features
     chunks = []
     for start in range(0, n, self.global_batch):
       idx = np.arange(start, start + self.global_batch)
       idx = np.minimum(idx, n - 1)  # pad by repeating the last example; sliced away below
       mine = idx[jax.process_index() * self.local_batch:][:self.local_batch]
-      out = predict(params, shd.global_batch(data.batch(mine), self.batch_sharding))
+      out = predict(params, shd.global_batch(_rows(data, mine), self.batch_sharding))
       chunks.append(jax.tree.map(np.asarray, multihost_utils.process_allgather(out, tiled=True)))
     outputs = {k: np.concatenate([c[k] for c in chunks])[:n] for k in chunks[0]}
     if self.spec.kind == "regression":
@@ -191,5 +193,5 @@ class FinetuneTask:
                                   os.path.join(self.workdir, "predictions.jsonl"))
       write_json_atomic(os.path.join(self.workdir, "results.json"),
                         {"task": self.config.data.task, "split": self.config.data.eval_split,
-                         "metrics": metrics, "num_examples": len(self.eval_data)})
+                         "metrics": metrics, "counts": self.eval_data.counts})
     return metrics

@@ -47,3 +47,41 @@ def shared_data_or_skip(*parts):
   if not os.path.exists(path):
     pytest.skip(f"{path} not present (real data lives in ../shared/data)")
   return path
+
+
+def tiny_pretrain_config(corpus, **train):
+  """A 2-layer, 32-wide BERT on the synthetic corpus: compiles in seconds."""
+  from jaxbert.defaults import pretrain_config
+  c = pretrain_config("tiny")
+  c.model.override_preset_sizes = True
+  c.model.update(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
+                 max_position_embeddings=64)
+  c.data.update(corpus=corpus, max_seq_len=32, max_predictions_per_seq=5, num_workers=0,
+                eval_examples=16, heldout_fraction=0.1)
+  c.tokenizer.update(vocab_size=400, train_sentences=5000)
+  c.optim.update(lr=1e-3, warmup_steps=2)
+  c.train.update(steps=6, batch_size=8, log_every=2, eval_every=3, checkpoint_every=2,
+                 progress=False)
+  c.train.update(train)
+  return c
+
+
+def final_params(workdir):
+  """(step, flat params) of a workdir's newest checkpoint."""
+  import orbax.checkpoint as ocp
+  from flax import traverse_util
+  ckpt = os.path.join(workdir, "checkpoints")
+  step = max(int(s) for s in os.listdir(ckpt) if s.isdigit())
+  with ocp.StandardCheckpointer() as c:
+    state = c.restore(os.path.join(ckpt, str(step), "default"))
+  return step, traverse_util.flatten_dict(state["params"])
+
+
+@pytest.fixture(scope="session")
+def reference_run(corpus_file, tmp_path_factory):
+  """One uninterrupted tiny pre-training run, shared by the tests that compare against it."""
+  import jax
+  from jaxbert.run import run
+  workdir = str(tmp_path_factory.mktemp("pretrain_ref"))
+  metrics = run(tiny_pretrain_config(corpus_file), workdir, devices=jax.devices()[:1])
+  return workdir, metrics

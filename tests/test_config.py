@@ -31,7 +31,8 @@ def test_overrides_are_typed():
 @pytest.mark.parametrize("override,expected", [
     ("--config.train.step=3", "did you mean --config.train.steps"),
     ("--config.trian.steps=3", "did you mean --config.train.steps"),
-    ("--config.optim.learning_rate=3", "did you mean --config.optim.lr"),
+    ("--config.optim.wieght_decay=0.1", "did you mean --config.optim.weight_decay"),
+    ("--config.model.hiden_dropout=0.1", "did you mean --config.model.hidden_dropout"),
     ("--config.train.steps=many", "takes a number"),
     ("--config.train=3", "is a group"),
     ("--config.train.steps", "needs a value"),
@@ -55,3 +56,10 @@ def test_bert_config_from_preset_and_overrides():
   c.model.override_preset_sizes = True
   with pytest.raises(UserError, match="divisible"):
     bert_config(c.model, 1024)
+
+
+def test_free_form_option_groups_take_new_keys():
+  from jaxbert.defaults import finetune_config
+  c = finetune_config("squad/v1.1")
+  C.apply_overrides(c, ["--config.data.eval_options.article_split=(0.8, 1.0)"])
+  assert c.data.eval_options.article_split == (0.8, 1.0)

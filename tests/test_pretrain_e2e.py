@@ -6,42 +6,10 @@ import os
 import jax
 import numpy as np
 import pytest
-from flax import traverse_util
 
+from conftest import final_params, tiny_pretrain_config as tiny_config
 from jaxbert import pretrain
-from jaxbert.defaults import pretrain_config
 from jaxbert.run import run
-
-
-def tiny_config(corpus, **train):
-  c = pretrain_config("tiny")
-  c.model.override_preset_sizes = True
-  c.model.update(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
-                 max_position_embeddings=64)
-  c.data.update(corpus=corpus, max_seq_len=32, max_predictions_per_seq=5, num_workers=0,
-                eval_examples=16, heldout_fraction=0.1)
-  c.tokenizer.update(vocab_size=400, train_sentences=5000)
-  c.optim.update(lr=1e-3, warmup_steps=2)
-  c.train.update(steps=6, batch_size=8, log_every=2, eval_every=3, checkpoint_every=2,
-                 progress=False)
-  c.train.update(train)
-  return c
-
-
-def final_params(workdir):
-  import orbax.checkpoint as ocp
-  ckpt = os.path.join(workdir, "checkpoints")
-  step = max(int(s) for s in os.listdir(ckpt) if s.isdigit())
-  with ocp.StandardCheckpointer() as c:
-    state = c.restore(os.path.join(ckpt, str(step), "default"))
-  return step, traverse_util.flatten_dict(state["params"])
-
-
-@pytest.fixture(scope="module")
-def reference_run(corpus_file, tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("pretrain_ref"))
-  metrics = run(tiny_config(corpus_file), workdir, devices=jax.devices()[:1])
-  return workdir, metrics
 
 
 def test_run_writes_metrics_checkpoints_and_tokenizer(reference_run):

@@ -37,6 +37,7 @@ import os
 import re
 from typing import Any
 
+import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxbert.errors import UserError
@@ -128,7 +129,8 @@ def _table_rows(file: str, fmt: str, columns: dict[str, str], required: set[str]
   try:
     header = next(reader)
   except StopIteration:
-    raise UserError(f"{file}: empty file (a header row naming the columns is needed)")
+    raise UserError(f"{file}: empty file (a header row naming the columns is "
+                    "needed)") from None
   index = {}
   for role, name in columns.items():
     if name in header:
@@ -160,7 +162,7 @@ def _parse_table(file, fmt, split, options, label_names) -> LocalSource:
   required = {"text"} | ({"text_pair"} if "text_pair_column" in options else set())
   rows = _table_rows(file, fmt, columns, required)
   index = next(rows)
-  known = {name: i for i, name in enumerate(label_names)}
+  known = set(label_names or ())
   examples = []
   for line, row in rows:
     label = row.get("label")
@@ -281,15 +283,15 @@ class _LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Writes one parsed split file as array_record; examples keep file order."""
 
   VERSION = tfds.core.Version("1.0.0")
-  disable_shuffling = True  # predictions are written in the file's order
 
   def __init__(self, *, source: LocalSource, **kwargs):
     self._source = source
     super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
+    # Unshuffled: examples (and written predictions) keep the file's order.
     return tfds.core.DatasetInfo(builder=self, description=self._source.path,
-                                 features=self._features())
+                                 features=self._features(), disable_shuffling=True)
 
   def _split_generators(self, dl_manager):
     del dl_manager
@@ -305,7 +307,7 @@ class JaxbertLocalText(_LocalBuilder, skip_registration=True):
 
   def _features(self):
     src = self._source
-    label = (tfds.features.Scalar("float32") if src.kind == "regression"
+    label = (tfds.features.Scalar(np.float32) if src.kind == "regression"
              else tfds.features.ClassLabel(names=list(src.label_names)))
     return tfds.features.FeaturesDict({"text": tfds.features.Text(),
                                        "text_pair": tfds.features.Text(),
@@ -329,8 +331,9 @@ class JaxbertLocalSquad(_LocalBuilder, skip_registration=True):
     text = tfds.features.Text
     return tfds.features.FeaturesDict({
         "id": text(), "title": text(), "context": text(), "question": text(),
-        "is_impossible": tfds.features.Scalar("bool"),
-        "answers": tfds.features.Sequence({"text": text(), "answer_start": "int32"})})
+        "is_impossible": tfds.features.Scalar(np.bool_),
+        "answers": tfds.features.Sequence(
+            {"text": text(), "answer_start": tfds.features.Scalar(np.int32)})})
 
 
 _BUILDERS = {"tsv": JaxbertLocalText, "csv": JaxbertLocalText, "conll": JaxbertLocalConll,

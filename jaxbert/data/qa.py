@@ -80,9 +80,9 @@ def prepare_qa(examples: Sequence[dict[str, Any]], tokenizer, max_seq_len: int, 
     context_offsets: per example the (pieces, 2) character spans of its context.
   """
   t = max_seq_len
-  if t < max_query_len + 4 or doc_stride < 1:
-    raise UserError(f"max_seq_len={t} must exceed max_query_len={max_query_len} + 3 "
-                    f"and doc_stride={doc_stride} must be >= 1")
+  if doc_stride < 1 or max_query_len < 1:
+    raise UserError(f"doc_stride={doc_stride} and max_query_len={max_query_len} must be "
+                    ">= 1")
   rows, types, starts, ends = [], [], [], []
   meta = {k: [] for k in ("example_index", "window_start", "context_start",
                           "context_length")}
@@ -102,6 +102,9 @@ def prepare_qa(examples: Sequence[dict[str, Any]], tokenizer, max_seq_len: int, 
       span = answer_token_span(offs, a_start, a_start + len(ex["answers"][0]))
       counts["answer_not_in_context"] += span is None
     head = [tokenizer.cls_id] + query + [tokenizer.sep_id]
+    if t - len(head) - 1 < 1:
+      raise UserError(f"max_seq_len={t} leaves no room for the context after a question "
+                      f"of {len(query)} pieces; raise max_seq_len or lower max_query_len")
     windows = _windows(len(ids), t - len(head) - 1, doc_stride)
     counts["multi_window_examples"] += len(windows) > 1
     for ws, wl in windows:

@@ -276,7 +276,11 @@ def encode_texts(texts: Sequence[tuple[str, ...]], tokenizer, max_seq_len: int):
 
 
 def _encode_words(examples, tokenizer, max_seq_len):
-  """NER rows: tag on each word's first piece; words beyond T are dropped."""
+  """NER rows: tag on each word's first piece.
+
+  Counts: truncated = sentences that lost pieces, truncated_words = words
+  whose first piece did not fit (decoded as "O").
+  """
   words = [w for ex in examples for w in ex["tokens"]]
   pieces = tokenizer.encode_batch(words)
   t = max_seq_len
@@ -286,17 +290,19 @@ def _encode_words(examples, tokenizer, max_seq_len):
   truncated = truncated_words = 0
   k = 0
   for i, ex in enumerate(examples):
-    row = [tokenizer.cls_id]
+    row, cut = [tokenizer.cls_id], False
     for w, tag in enumerate(ex["tags"]):
       p = list(pieces[k + w]) or [tokenizer.unk_id]  # a word always gets a position
       room = t - 1 - len(row)  # keep one slot for [SEP]
       if room < 1:
-        truncated += 1
+        cut = True
         truncated_words += len(ex["tags"]) - w
         break
       labels[i, len(row)] = tag
       weights[i, len(row)] = 1.0
+      cut |= len(p) > room
       row += p[:room]
+    truncated += cut
     k += len(ex["tags"])
     row.append(tokenizer.sep_id)
     rows.append(row)
