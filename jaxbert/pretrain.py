@@ -13,6 +13,7 @@ import os
 from typing import Iterator
 
 import grain
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -102,8 +103,11 @@ class StepBatches:
 
 
 def batch_iterator(source, num_workers: int) -> Iterator[dict[str, np.ndarray]]:
+  """Batches in order, built by `num_workers` processes (0: in this process)."""
   ds = grain.MapDataset.source(source).to_iter_dataset()
   if num_workers > 0:
+    if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; we have none of our own
+      flags.FLAGS.mark_as_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
   return iter(ds)
 
