@@ -247,14 +247,30 @@ def iter_documents(source: str, *, data_dir: str | None, split: str = "train",
     name = source
     ds = prepare_text_corpus(source, data_dir).as_data_source(split=split)
     text_field = "text"
+  for record in _read_all(ds):
+    text = _field(record, text_field, name)
+    lines = [line.strip() for line in text.split("\n")]
+    lines = [line for line in lines if line]
+    if lines:
+      yield lines
+
+
+def _read_all(ds: Sequence) -> Iterator[dict]:
+  """Every record of a random-access data source, in order."""
+  # Batched reads are ~13x faster than ds[k] on array_record (80 vs 1000 us/record).
+  getitems = getattr(ds, "__getitems__", None)
   for start in range(0, len(ds), _READ_CHUNK):
-    # Plain indexing: tfds's batched __getitems__ is broken under mock_data.
-    for k in range(start, min(start + _READ_CHUNK, len(ds))):
-      text = _field(ds[k], text_field, name)
-      lines = [line.strip() for line in text.split("\n")]
-      lines = [line for line in lines if line]
-      if lines:
-        yield lines
+    keys = list(range(start, min(start + _READ_CHUNK, len(ds))))
+    records = None
+    if getitems is not None:
+      try:
+        records = getitems(keys)
+      except TypeError:
+        # tfds.testing.mock_data's array_record mock breaks __getitems__ (4.9.10).
+        getitems = None
+    if records is None:
+      records = [ds[k] for k in keys]
+    yield from records
 
 
 # ----------------------------------------------------------------------------------
@@ -293,7 +309,7 @@ def split_sentences(paragraph: str) -> list[str]:
       space = max(paragraph.rfind(" ", begin, m.start()), paragraph.rfind("\t", begin, m.start()))
       word = paragraph[max(space + 1, begin):m.start()].lstrip("\"'([\u2018\u201c").lower()
       # Known abbreviations, initials ("J."), and dotted letters ("e.g.", "U.S.").
-      if word in _ABBREVIATIONS or all(len(part) == 1 for part in word.split(".")):
+      if word in _ABBREVIATIONS or all(len(p) == 1 and p.isalpha() for p in word.split(".")):
         continue
     s = paragraph[begin:m.end()].strip()
     if s:
