@@ -56,15 +56,21 @@ def _documents(config: ConfigDict, workdir: str):
   if not d.corpus:
     raise UserError("config.data.corpus is empty; set --config.data.corpus=PATH (a file, folder "
                     "or glob of text) or tfds:NAME")
-  data_dir = d.tfds_data_dir or os.path.join(workdir, "tfds")
-  return corpus_lib.iter_documents(d.corpus, data_dir=data_dir, split=d.split,
+  return corpus_lib.iter_documents(d.corpus, data_dir=_data_dir(config, workdir), split=d.split,
                                    text_field=d.text_field)
+
+
+def _data_dir(config: ConfigDict, workdir: str) -> str:
+  return config.data.tfds_data_dir or os.path.join(workdir, "tfds")
 
 
 def prepare_stores(config: ConfigDict, workdir: str, tokenizer) -> tuple[DocumentStore, DocumentStore]:
   """(train, held-out) tokenized stores, cached under WORKDIR/corpus/<key>."""
   d = config.data
-  key = hashlib.sha256(json.dumps([d.corpus, d.split, d.text_field, d.heldout_fraction,
+  # A local corpus is identified by its files (paths, sizes, mtimes), so edits re-tokenize.
+  identity = (d.corpus if d.corpus.startswith(corpus_lib.TFDS_PREFIX) else
+              corpus_lib.prepare_text_corpus(d.corpus, _data_dir(config, workdir)).builder_config.name)
+  key = hashlib.sha256(json.dumps([identity, d.split, d.text_field, d.heldout_fraction,
                                    config.train.seed, tokenizer.fingerprint()]).encode()).hexdigest()[:16]
   root = os.path.join(workdir, "corpus", key)
   done = os.path.join(root, "DONE")
