@@ -2,6 +2,7 @@
 
   jaxbert pretrain  --config configs/pretrain/mini.py --workdir W [--config.KEY=VALUE ...]
   jaxbert finetune  --config configs/finetune/sst2.py --workdir W [--config.init=CKPT ...]
+  jaxbert sweep     --config configs/finetune/sst2_sweep.py --workdir W [--config.sweep.space.optim.lr=[...]]
   jaxbert import-hf SRC --out BUNDLE
   jaxbert export-hf CKPT --out DIR
   jaxbert embed     --checkpoint BUNDLE --input FILE.txt --output FILE.npy [--pooling mean]
@@ -26,6 +27,17 @@ def _train_command(args, overrides) -> int:
     from jaxbert.errors import UserError  # pylint: disable=g-import-not-at-top
     raise UserError(f"{args.config} is a {config.get('task')!r} config; use `jaxbert {config.get('task')}`")
   run(config, args.workdir)
+  return 0
+
+
+def _sweep(args, overrides) -> int:
+  from jaxbert import config as config_lib  # pylint: disable=g-import-not-at-top
+  from jaxbert.sweep import run_sweep  # pylint: disable=g-import-not-at-top
+  best = run_sweep(config_lib.load(args.config, overrides), args.workdir)
+  print(f"best trial {best['trial']}: {best['metric']}={best['value']:.4g} (setting median "
+        f"{best['setting_median']:.4g} over {best['setting_seeds']} seed(s)); "
+        f"table: {os.path.join(args.workdir, 'results.md')}; "
+        f"checkpoint: {os.path.join(args.workdir, 'best')}")
   return 0
 
 
@@ -67,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", required=True, help="a configs/*.py file with get_config()")
     s.add_argument("--workdir", required=True, help="run directory (resumed if it exists)")
     s.set_defaults(fn=_train_command)
+  s = sub.add_parser("sweep", help="hyperparameter search: one fine-tuning run per trial",
+                     epilog="The search space: --config.sweep.space.optim.lr=[1e-5,3e-5] "
+                            "--config.sweep.space.train.seed=[0,1]")
+  s.add_argument("--config", required=True, help="a configs/finetune/*.py file")
+  s.add_argument("--workdir", required=True, help="sweep directory (continued if it exists)")
+  s.set_defaults(fn=_sweep)
   s = sub.add_parser("import-hf", help="convert a Hugging Face BERT folder into a jaxbert checkpoint")
   s.add_argument("src")
   s.add_argument("--out", required=True)

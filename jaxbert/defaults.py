@@ -121,5 +121,32 @@ def finetune_config(task: str = "glue/sst2") -> ConfigDict:
   c.train = train_config(batch_size=32, steps=0, log_every=20, eval_every=10**9,
                          checkpoint_every=200)
   c.train.epochs = 3.0          # > 0: steps = ceil(epochs * train examples / batch_size)
+  # Early stopping on the task's main validation metric, checked at every evaluation
+  # (train.eval_every sets the cadence): stop after `patience` evaluations without an
+  # improvement of more than `min_delta`. 0 turns it off.
+  c.train.early_stopping_patience = 0
+  c.train.early_stopping_min_delta = 0.0
   c.mesh = mesh_config()
+  c.sweep = sweep_config()
   return c
+
+
+def sweep_config() -> ConfigDict:
+  """The `sweep` group: `jaxbert sweep` trains one fine-tuning run per point of `space`."""
+  return ConfigDict({
+      # Config key -> values, nested like the config: space.optim.lr = [1e-5, 3e-5] or, on
+      # the command line, --config.sweep.space.optim.lr=[1e-5,3e-5]. A key's values are a
+      # list, or for method="random" also {"uniform": (lo, hi)}, {"log_uniform": (lo, hi)}
+      # or {"int_uniform": (lo, hi)}. train.seed is crossed with every setting; a setting's
+      # seeds are summarised by their median.
+      "space": ConfigDict({group: ConfigDict(type_safe=False)
+                           for group in ("model", "data", "optim", "train")}, type_safe=False),
+      "method": "grid",         # "grid": every combination; "random": sample settings
+      "num_trials": 0,          # trial budget (all seeds counted); 0: the whole grid
+      "seed": 0,                # random search draws
+      "metric": "",             # objective; "" is the task's main validation metric
+      # Train trials that differ only in seed and learning-rate schedule as one compiled
+      # program, parameters stacked on a trial axis (jaxbert/side_by_side.py).
+      "side_by_side": True,
+      "max_side_by_side": 0,    # most trials in one program (memory); 0: no limit
+  })

@@ -6,6 +6,7 @@ data, the head and the loss differ.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ from jaxbert import sharding as shd
 from jaxbert.checkpoint import write_json_atomic
 from jaxbert.config import ConfigDict
 from jaxbert.data import tasks as tasks_lib
+from jaxbert.early_stopping import EarlyStopping
 from jaxbert.errors import UserError
 
 log = logging.getLogger("jaxbert")
@@ -119,10 +121,34 @@ class FinetuneTask:
     steps = int(np.ceil(epochs * n / self.global_batch)) if epochs else config.train.steps
     self.total_steps = steps * (config.optim.accum_steps or 1)
     self.optimizer_steps = steps
+    self.early_stopping = self._early_stopping(config)
     self._save_tokenizer()
     log.info("task %s (%s): %d train / %d eval examples; %d steps of batch %d",
              d.task, self.spec.kind, n, self.eval_data.num_features, self.total_steps,
              self.global_batch)
+
+  def _early_stopping(self, config: ConfigDict) -> EarlyStopping | None:
+    t = config.train
+    patience = t.get("early_stopping_patience", 0)
+    if not patience:
+      return None
+    if t.eval_every >= self.total_steps:
+      raise UserError(f"train.early_stopping_patience={patience} needs evaluations during "
+                      f"training: set train.eval_every below the {self.total_steps} steps")
+    return EarlyStopping(self.spec.main_metric, patience, t.get("early_stopping_min_delta", 0.0),
+                         self.spec.higher_is_better)
+
+  def for_run(self, config: ConfigDict, workdir: str) -> FinetuneTask:
+    """This task's data and model for another run (`config`, `workdir`).
+
+    The runs may differ only in what the task reads per run: seed, optimizer and early
+    stopping. Trials trained side by side share one loaded task this way.
+    """
+    other = copy.copy(self)
+    other.config, other.workdir = config, workdir
+    other.early_stopping = other._early_stopping(config)
+    other._save_tokenizer()
+    return other
 
   def _save_tokenizer(self):
     path = os.path.join(self.workdir, "tokenizer")
@@ -193,5 +219,22 @@ class FinetuneTask:
                                   os.path.join(self.workdir, "predictions.jsonl"))
       write_json_atomic(os.path.join(self.workdir, "results.json"),
                         {"task": self.config.data.task, "split": self.config.data.eval_split,
-                         "metrics": metrics, "counts": self.eval_data.counts})
+                         "metrics": metrics, "counts": self.eval_data.counts,
+                         "main_metric": self.spec.main_metric,
+                         "higher_is_better": self.spec.higher_is_better})
     return metrics
+
+  def should_stop(self, step: int, metrics: dict[str, float]) -> bool:
+    """Early stopping, asked by the trainer after each evaluation; a resumed run
+    starts counting its patience afresh."""
+    if self.early_stopping is None:
+      return False
+    stop = self.early_stopping.update(step, metrics) and step < self.total_steps
+    if jax.process_index() == 0:  # Say in results.json why the run ended where it did.
+      path = os.path.join(self.workdir, "results.json")
+      with open(path) as f:
+        results = json.load(f)
+      results["early_stopping"] = dict(self.early_stopping.to_dict(),
+                                       stopped_at=step if stop else None)
+      write_json_atomic(path, results)
+    return stop

@@ -102,6 +102,37 @@ def _layer_norm(cfg: BertConfig, name: str = "LayerNorm") -> nn.LayerNorm:
                       param_dtype=jnp.float32, name=name)
 
 
+class Dropout(nn.Module):
+  """Inverted dropout drawing 16 random bits per element instead of flax's 32.
+
+  flax draws a float32 uniform per element: one generator evaluation each, which
+  with the default threefry generator costs a large share of a CPU training step.
+  Here every 32-bit draw serves two elements as two 16-bit integers, kept when
+  below round(keep * 2**16); kept values are scaled by 2**16 / that threshold, so
+  the expectation is exactly preserved and the drop rate is `rate` to within 2**-17.
+  """
+
+  rate: float
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool):
+    threshold = round((1.0 - self.rate) * 2 ** 16)
+    if deterministic or threshold >= 2 ** 16:
+      return x
+    if threshold <= 0:
+      return jnp.zeros_like(x)
+    rng = self.make_rng("dropout")
+    *lead, last = x.shape
+    if last % 2:
+      bits = jax.random.bits(rng, x.shape, jnp.uint16)
+    else:
+      words = jax.random.bits(rng, (*lead, last // 2), jnp.uint32)
+      # (..., last/2) uint32 -> (..., last/2, 2) uint16 -> (..., last)
+      bits = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(x.shape)
+    keep = bits.astype(jnp.uint32) < threshold
+    return jnp.where(keep, x * jnp.asarray(2 ** 16 / threshold, x.dtype), jnp.zeros_like(x))
+
+
 def attention_mask_from_segments(segments: Array) -> Array:
   """Boolean (B, 1, T, T) mask from per-token document ids (0 = padding).
 
@@ -156,7 +187,7 @@ class _Attention(nn.Module):
       logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(head_dim)
       logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
       probs = jax.nn.softmax(logits, axis=-1).astype(cfg.compute_dtype)
-      probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=False)
+      probs = Dropout(cfg.attention_dropout)(probs, deterministic=False)
       ctx = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
     ctx = ctx.reshape(b, t, cfg.hidden_size)  # (B, T, heads, head_dim) -> (B, T, hidden)
     return _Output(cfg, name="output")(ctx, x, deterministic)
@@ -170,7 +201,7 @@ class _Output(nn.Module):
   @nn.compact
   def __call__(self, h, residual, deterministic):
     h = _dense(self.cfg, self.cfg.hidden_size, "dense")(h)
-    h = nn.Dropout(self.cfg.hidden_dropout)(h, deterministic=deterministic)
+    h = Dropout(self.cfg.hidden_dropout)(h, deterministic=deterministic)
     return _layer_norm(self.cfg)(h + residual)
 
 
@@ -188,12 +219,12 @@ class BertEmbeddings(nn.Module):
     self.position_embeddings = embed(cfg.max_position_embeddings, "position_embeddings")
     self.token_type_embeddings = embed(cfg.type_vocab_size, "token_type_embeddings")
     self.LayerNorm = _layer_norm(cfg)
-    self.dropout = nn.Dropout(cfg.hidden_dropout)
+    self.dropout = Dropout(cfg.hidden_dropout)
 
   def __call__(self, input_ids, token_type_ids, position_ids, deterministic):
     x = (self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
          + self.token_type_embeddings(token_type_ids))
-    return self.dropout(self.LayerNorm(x), deterministic=deterministic)
+    return self.dropout(self.LayerNorm(x), deterministic)
 
 
 class BertEncoder(nn.Module):
@@ -291,7 +322,7 @@ class BertForSequenceClassification(nn.Module):
   @nn.compact
   def __call__(self, batch, *, deterministic: bool = True):
     _, pooled = _encode(BertModel(self.cfg, name="bert"), batch, deterministic)
-    pooled = nn.Dropout(self.cfg.hidden_dropout)(pooled, deterministic=deterministic)
+    pooled = Dropout(self.cfg.hidden_dropout)(pooled, deterministic=deterministic)
     return {"logits": _dense(self.cfg, self.num_labels, "classifier")(pooled).astype(jnp.float32)}
 
 
@@ -304,7 +335,7 @@ class BertForTokenClassification(nn.Module):
   @nn.compact
   def __call__(self, batch, *, deterministic: bool = True):
     seq, _ = _encode(BertModel(self.cfg, name="bert"), batch, deterministic)
-    seq = nn.Dropout(self.cfg.hidden_dropout)(seq, deterministic=deterministic)
+    seq = Dropout(self.cfg.hidden_dropout)(seq, deterministic=deterministic)
     return {"logits": _dense(self.cfg, self.num_labels, "classifier")(seq).astype(jnp.float32)}
 
 

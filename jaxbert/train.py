@@ -37,7 +37,7 @@ log = logging.getLogger("jaxbert")
 # Keys that may change between a run and its resumption; anything else is a different run.
 RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
                      "train.keep_checkpoints", "train.progress", "mesh.data", "mesh.fsdp",
-                     "data.num_workers", "train.eval_batches")
+                     "data.num_workers", "data.eval_examples")
 
 
 class Task(Protocol):
@@ -232,8 +232,10 @@ def train(config: ConfigDict, workdir: str, task: Task,
   bar = tqdm(total=total, initial=start, disable=not tcfg.progress or jax.process_index() != 0,
              dynamic_ncols=True, desc=config.get("name", "train"))
   batches = task.batches(start)
+  should_stop = getattr(task, "should_stop", None)  # optional: early stopping
   try:
     for step in range(start, total):
+      stop = False
       local = next(batches)
       tokens += int(local["attention_mask"].sum()) * jax.process_count()
       state, metrics = step_fn(state, shd.global_batch(local, batch_sh), rng)
@@ -257,7 +259,12 @@ def train(config: ConfigDict, workdir: str, task: Task,
         metrics_log.write(done, "eval", last_eval)
         bar.write(f"step {done}: " + "  ".join(f"{k}={v:.4g}" for k, v in last_eval.items()))
         t_last = time.perf_counter()
-      mngr.save(done, args=ocp.args.StandardSave(state), force=done == total or preempt.requested)
+        stop = bool(should_stop and should_stop(done, last_eval))
+      mngr.save(done, args=ocp.args.StandardSave(state),
+                force=done == total or preempt.requested or stop)
+      if stop:
+        log.info("early stopping at step %d of %d", done, total)
+        break
       if preempt.requested:
         log.warning("SIGTERM: saved a checkpoint at step %d; exiting", done)
         break
