@@ -27,6 +27,7 @@ import optax
 import orbax.checkpoint as ocp
 from tqdm import tqdm
 
+from jaxbert import flops as flops_lib
 from jaxbert import sharding as shd
 from jaxbert.checkpoint import write_json_atomic
 from jaxbert.config import ConfigDict
@@ -222,7 +223,9 @@ def train(config: ConfigDict, workdir: str, task: Task,
   total = task.total_steps  # micro-steps; the optimizer updates every `accum`
   tcfg = config.train
   flops = task.flops_per_batch()
-  peak = tcfg.get("peak_flops", 0.0) or None
+  # MFU's denominator: the configured peak, else one measured here (per device, x devices).
+  peak = tcfg.peak_flops or flops_lib.measure_matmul_peak(
+      jnp.dtype(config.model.dtype)) * mesh.size
 
   last_eval: dict[str, float] = {}
   pending: list[dict] = []

@@ -18,7 +18,7 @@ def test_run_writes_metrics_checkpoints_and_tokenizer(reference_run):
   lines = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
   train = [l for l in lines if l["split"] == "train"]
   assert [l["step"] for l in train] == [2, 4, 6]
-  assert all(np.isfinite(l["loss"]) and l["tokens_per_s"] > 0 for l in train)
+  assert all(np.isfinite(l["loss"]) and l["tokens_per_s"] > 0 and 0 < l["mfu"] < 1 for l in train)
   assert os.path.exists(os.path.join(workdir, "tokenizer", "spm.model"))
   assert os.listdir(os.path.join(workdir, "tensorboard"))
   step, _ = final_params(workdir)
