@@ -8,7 +8,9 @@
   jaxbert embed     --checkpoint BUNDLE --input FILE.txt --output FILE.npy [--pooling mean]
   jaxbert demo      [--workdir W]     pre-train then fine-tune on an embedded corpus
 
-A user mistake prints one line and exits with status 2; no traceback.
+A user mistake prints one line and exits with status 2; no traceback. In a
+multi-process run any error ends the process at once (status 2 for a user mistake,
+1 otherwise), so that the other processes stop too instead of waiting for it.
 """
 
 from __future__ import annotations
@@ -118,19 +120,30 @@ def main(argv=None) -> int:
   bad = [a for a in rest if not a.startswith("--config.")]
   if bad:
     parser.error(f"unrecognised arguments: {' '.join(bad)}")
+  # force: imports may already have configured the root logger (then ours would be ignored).
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
-                      datefmt="%H:%M:%S")
+                      datefmt="%H:%M:%S", force=True)
   for noisy in ("absl", "jax._src", "orbax", "tensorflow_datasets"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
   from jaxbert.errors import UserError  # pylint: disable=g-import-not-at-top
   try:
     return args.fn(args, rest)
   except UserError as e:
+    _exit_if_multiprocess(e, e.exit_code, str(e))
     print(f"jaxbert: error: {e}", file=sys.stderr)
     return e.exit_code
   except KeyboardInterrupt:
     print("jaxbert: interrupted", file=sys.stderr)
     return 130
+  except Exception as e:  # pylint: disable=broad-except
+    _exit_if_multiprocess(e, 1)
+    raise
+
+
+def _exit_if_multiprocess(e: BaseException, exit_code: int, message: str | None = None) -> None:
+  if "jax" in sys.modules:  # commands that never imported jax are single-process
+    from jaxbert.sharding import exit_if_multiprocess  # pylint: disable=g-import-not-at-top
+    exit_if_multiprocess(e, exit_code, message)
 
 
 if __name__ == "__main__":

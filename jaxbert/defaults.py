@@ -45,6 +45,9 @@ def train_config(**overrides) -> ConfigDict:
       "progress": True,         # tqdm progress bar
       "peak_flops": 0.0,        # device matmul peak for MFU; 0 measures it at start
       "prng_impl": "threefry2x32",  # or "rbg": cheaper dropout masks, not sharding-invariant
+      # Steps with a non-finite loss or gradient are skipped; this many in a row stop the
+      # run (0: never stop).
+      "max_nonfinite": 10,
   })
   c.update(overrides)
   return c

@@ -126,6 +126,11 @@ class FinetuneTask:
     log.info("task %s (%s): %d train / %d eval examples; %d steps of batch %d",
              d.task, self.spec.kind, n, self.eval_data.num_features, self.total_steps,
              self.global_batch)
+    for split, data in ((d.train_split, self.train_data), (d.eval_split, self.eval_data)):
+      if data.counts.get("truncated"):
+        log.warning("%s split %r: %d of %d examples are longer than data.max_seq_len=%d pieces "
+                    "and were truncated", d.task, split, data.counts["truncated"],
+                    data.counts["examples"], d.max_seq_len)
 
   def _early_stopping(self, config: ConfigDict) -> EarlyStopping | None:
     t = config.train

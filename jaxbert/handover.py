@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 
 import jax
@@ -17,10 +18,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from jaxbert.checkpoint import MODEL_JSON, read_model_json
+from jaxbert.checkpoint import (MODEL_JSON, integrity_problem, read_model_json,
+                                write_tokenizer_files)
 from jaxbert.config import ConfigDict
 from jaxbert.errors import UserError
 from jaxbert.model import BertConfig
+
+log = logging.getLogger("jaxbert")
 
 
 @dataclasses.dataclass
@@ -35,11 +39,16 @@ class Source:
 
 
 def _latest_step_dir(ckpt_root: str) -> str:
+  """The newest step folder whose files match their integrity record."""
   steps = sorted((int(n) for n in os.listdir(ckpt_root) if n.isdigit()), reverse=True)
-  if not steps:
-    raise UserError(f"{ckpt_root} holds no finished checkpoint; train longer or point "
-                    "config.init at another run")
-  return os.path.join(ckpt_root, str(steps[0]))
+  for step in steps:
+    step_dir = os.path.join(ckpt_root, str(step))
+    problem = integrity_problem(step_dir)
+    if problem is None:
+      return step_dir
+    log.warning("checkpoint %s is damaged: %s; trying an older one", step_dir, problem)
+  raise UserError(f"{ckpt_root} holds no finished{' undamaged' if steps else ''} checkpoint; "
+                  "train longer or point config.init at another run")
 
 
 def open_source(init: str) -> Source:
@@ -55,6 +64,10 @@ def open_source(init: str) -> Source:
                   load_tokenizer(os.path.join(path, "tokenizer")), f"bundle {path}")
   if os.path.basename(os.path.dirname(path)) == "checkpoints" and os.path.basename(path).isdigit():
     step_dir, workdir = path, os.path.dirname(os.path.dirname(path))
+    problem = integrity_problem(step_dir)
+    if problem is not None:
+      raise UserError(f"config.init={init}: the checkpoint is damaged ({problem}); use another "
+                      "step, or the workdir to take its newest undamaged checkpoint")
   elif os.path.isdir(os.path.join(path, "checkpoints")):
     step_dir, workdir = _latest_step_dir(os.path.join(path, "checkpoints")), path
   else:
@@ -65,10 +78,24 @@ def open_source(init: str) -> Source:
       run_config = ConfigDict(json.load(f))
   except (OSError, ValueError) as e:
     raise UserError(f"{workdir}/config.json is missing or malformed ({e})") from None
-  tokenizer = load_tokenizer(os.path.join(workdir, "tokenizer"))
+  tokenizer = load_tokenizer(_checkpoint_tokenizer(step_dir) or os.path.join(workdir, "tokenizer"))
   model_cfg = bert_config(run_config.model, padded_vocab_size(tokenizer.vocab_size))
   return Source(os.path.join(step_dir, "default"), ("params",), model_cfg, tokenizer,
                 f"run {workdir} step {os.path.basename(step_dir)}")
+
+
+def _checkpoint_tokenizer(step_dir: str) -> str | None:
+  """The tokenizer saved inside a checkpoint, unpacked next to it on first use."""
+  item = os.path.join(step_dir, "tokenizer")
+  unpacked = os.path.join(step_dir, "tokenizer_files")
+  if os.path.isdir(unpacked):
+    return unpacked
+  if not os.path.isdir(item):
+    return None  # checkpoints written before tokenizers travelled with them
+  with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as ckptr:
+    files = ckptr.restore(item)
+  write_tokenizer_files(files, unpacked)
+  return unpacked
 
 
 @dataclasses.dataclass

@@ -40,7 +40,7 @@ def prepare_tokenizer(config: ConfigDict, workdir: str) -> tok_lib.Tokenizer:
   if tcfg.path:
     return tok_lib.load_tokenizer(tcfg.path)
   cached = os.path.join(workdir, "tokenizer")
-  if os.path.isdir(cached):
+  if os.path.isdir(cached) and os.listdir(cached):  # empty: a kill between mkdir and write
     return tok_lib.load_tokenizer(cached)
   log.info("training a %s sentencepiece tokenizer (vocabulary %d) on %s",
            tcfg.model_type, tcfg.vocab_size, config.data.corpus)
@@ -170,6 +170,13 @@ class PretrainTask:
     log.info("corpus: %d train documents (%d tokens), %d held out; model %s, vocabulary %d",
              train_store.num_docs, train_store.num_tokens, eval_store.num_docs,
              config.model.preset, vocab)
+    # [CLS] A [SEP] B [SEP]: a sentence longer than this is cut in every example holding it.
+    lengths = np.diff(np.asarray(train_store.sent_start))
+    long = int((lengths > d.max_seq_len - 3).sum())
+    if long:
+      log.warning("corpus: %d of %d sentences are longer than data.max_seq_len=%d allows "
+                  "(%d pieces with [CLS] and 2 [SEP]) and are truncated in training examples",
+                  long, len(lengths), d.max_seq_len, d.max_seq_len - 3)
 
   def _save_tokenizer(self, workdir):
     path = os.path.join(workdir, "tokenizer")

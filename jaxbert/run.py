@@ -11,7 +11,7 @@ from jaxbert import sharding as shd
 from jaxbert.config import ConfigDict
 from jaxbert.errors import UserError
 from jaxbert.optim import make_optimizer
-from jaxbert.train import train
+from jaxbert.train import check_workdir_config, train
 
 log = logging.getLogger("jaxbert")
 
@@ -41,6 +41,11 @@ def run(config: ConfigDict, workdir: str, devices=None) -> dict[str, float]:
     raise UserError(f"train.batch_size={config.train.batch_size} must be a multiple of the "
                     f"{n} devices (mesh {dict(mesh.shape)})")
   log.info("%d process(es), %d device(s), mesh %s", jax.process_count(), n, dict(mesh.shape))
-  task = build_task(config, workdir, mesh)
+  # Before the task writes caches into the workdir, so a different run's workdir stays as
+  # it is; train() records the config once the task is built.
+  check_workdir_config(workdir, config, record=False)
+  # Process 0 prepares the shared caches (tokenizer, tokenized corpus, task files); the
+  # others then read them instead of writing the same files at the same time.
+  task = shd.process_0_first(lambda: build_task(config, workdir, mesh))
   make_tx = lambda params: make_optimizer(config.optim, params, task.optimizer_steps)
   return train(config, workdir, task, make_tx, mesh)

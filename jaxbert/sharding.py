@@ -9,14 +9,34 @@ A batch's leading dimension is split over both axes, so every device sees
 from __future__ import annotations
 
 import os
+import sys
+import traceback
+from typing import Callable, TypeVar
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxbert.errors import UserError
 
 BATCH_AXES = ("data", "fsdp")
+# Seconds without a heartbeat after which a process counts as dead (JAX's default is
+# 100); the survivors then stop instead of waiting. JAXBERT_HEARTBEAT_TIMEOUT overrides.
+HEARTBEAT_TIMEOUT_S = 20
+# Words in a runtime error that mean another process of the run went away.
+_PEER_LOST_MARKERS = ("gloo", "connection closed", "connection reset", "heartbeat",
+                      "coordination service", "barrier", "unavailable", "deadline_exceeded")
+T = TypeVar("T")
+
+
+def _env_int(name: str) -> int:
+  try:
+    return int(os.environ[name])
+  except (KeyError, ValueError):
+    raise UserError(f"a multi-process run needs the environment variable {name} as an integer "
+                    f"(with JAX_COORDINATOR_ADDRESS={os.environ.get('JAX_COORDINATOR_ADDRESS')})"
+                    ) from None
 
 
 def maybe_initialize_distributed() -> None:
@@ -24,16 +44,58 @@ def maybe_initialize_distributed() -> None:
 
   TPU VMs and SLURM are detected by `jax.distributed.initialize()` itself; an
   explicit coordinator comes from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
-  JAX_PROCESS_ID. Single-process runs skip it.
+  JAX_PROCESS_ID. Single-process runs skip it. CPU processes talk through gloo
+  (jax's default CPU collectives), so several processes on one machine work too.
   """
+  if jax.distributed.is_initialized():
+    return
+  timeouts = {"heartbeat_timeout_seconds":
+              int(os.environ.get("JAXBERT_HEARTBEAT_TIMEOUT", HEARTBEAT_TIMEOUT_S))}
   if os.environ.get("JAX_COORDINATOR_ADDRESS"):
     jax.distributed.initialize(
         coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
-        num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
-        process_id=int(os.environ["JAX_PROCESS_ID"]))
+        num_processes=_env_int("JAX_NUM_PROCESSES"),
+        process_id=_env_int("JAX_PROCESS_ID"), **timeouts)
   elif any(k in os.environ for k in ("TPU_WORKER_HOSTNAMES", "SLURM_JOB_ID", "MEGASCALE_COORDINATOR_ADDRESS")):
     if int(os.environ.get("SLURM_NTASKS", "2")) > 1:
-      jax.distributed.initialize()
+      jax.distributed.initialize(**timeouts)
+
+
+def process_0_first(fn: Callable[[], T]) -> T:
+  """`fn()` on process 0, then, once it has returned, on the other processes.
+
+  For steps that fill caches in a shared workdir: process 0 writes them, the others
+  find them written. One process: just `fn()`.
+  """
+  if jax.process_count() == 1:
+    return fn()
+  out = fn() if jax.process_index() == 0 else None
+  multihost_utils.sync_global_devices("jaxbert: process 0 prepared")
+  return fn() if jax.process_index() != 0 else out
+
+
+def exit_if_multiprocess(e: BaseException, exit_code: int, message: str | None = None) -> None:
+  """In a multi-process run, reports `e` in one line and ends the process at once.
+
+  The other processes wait for this one in collectives and barriers; leaving without
+  JAX's orderly shutdown (which would wait for them in turn) closes its connections,
+  so they fail fast too. A lost peer is named as such. Returns if single-process.
+  """
+  if not jax.distributed.is_initialized():
+    return
+  text = f"{type(e).__name__}: {e}".lower()
+  where = f"process {jax.process_index()} of {jax.process_count()}"
+  if message is None and any(m in text for m in _PEER_LOST_MARKERS):
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    message = (f"{where} lost contact with another process of the run (it died, was killed "
+               f"or stopped on an error of its own); start all processes again to resume from "
+               f"the last checkpoint ({first[:300]})")
+  if message is None:
+    traceback.print_exception(e, file=sys.stderr)
+    message = f"{where} stopped on {type(e).__name__}; see the traceback above"
+  print(f"jaxbert: error: {message}", file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  os._exit(exit_code)  # pylint: disable=protected-access
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, devices=None) -> Mesh:

@@ -43,8 +43,10 @@ from jaxbert.config import ConfigDict
 from jaxbert.errors import UserError
 from jaxbert.finetune import FinetuneTask
 from jaxbert.optim import make_optimizer, make_schedule
-from jaxbert.train import (MetricsLog, TrainState, check_workdir_config, checkpoint_manager,
-                           make_predict, restore_latest, train_step)
+from jaxbert.checkpoint import tokenizer_files
+from jaxbert.train import (COUNTERS, MetricsLog, TrainState, check_workdir_config, checkpoint_manager,
+                           guarded_train_step, make_predict, restore_latest, save_checkpoint,
+                           skip_nonfinite)
 
 log = logging.getLogger("jaxbert")
 
@@ -126,9 +128,10 @@ def train_group(configs: list[ConfigDict], workdirs: list[str], devices=None,
                          task0.optimizer_steps)
   rates = np.stack([rate_table(c.optim, task0.optimizer_steps) for c in configs])  # (N, updates)
 
-  def init_state(key):
+  def init_state(key):  # the optimizer state of a one-by-one run (skip_nonfinite's included)
     params = init_params(key)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=skip_nonfinite(tx).init(params))
 
   # Shardings: a trial's state as the one-by-one trainer lays it out, plus a leading
   # (unsplit) trial axis; batches (N, B, ...) split along B.
@@ -139,7 +142,8 @@ def train_group(configs: list[ConfigDict], workdirs: list[str], devices=None,
   rep = shd.replicated(mesh)
 
   def one_trial(state, batch, rng, rate):
-    return train_step(state, batch, rng, loss_fn=task0.loss_fn, tx=scale_updates(tx, rate))
+    return guarded_train_step(state, batch, rng, loss_fn=task0.loss_fn,
+                              tx=skip_nonfinite(scale_updates(tx, rate)))
 
   step_fn = jax.jit(jax.vmap(one_trial), in_shardings=(stacked_sh, batch_sh, rep, rep),
                     out_shardings=(stacked_sh, rep), donate_argnums=(0,))
@@ -150,7 +154,7 @@ def train_group(configs: list[ConfigDict], workdirs: list[str], devices=None,
   abstract_sharded = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                   abstract, state_sh)
   init_jit = jax.jit(init_state, out_shardings=state_sh)
-  fresh = jax.jit(lambda p: TrainState(jnp.zeros((), jnp.int32), p, tx.init(p)),
+  fresh = jax.jit(lambda p: TrainState(jnp.zeros((), jnp.int32), p, skip_nonfinite(tx).init(p)),
                   out_shardings=state_sh)
   states = []
   for c, task, mngr in zip(configs, tasks, mngrs):
@@ -169,6 +173,7 @@ def train_group(configs: list[ConfigDict], workdirs: list[str], devices=None,
   rngs = jax.device_put(jnp.stack([jax.random.key(c.train.seed + 1) for c in configs]), rep)
 
   predict = make_predict(model, mesh, state_sh.params)
+  tokenizer_jsons = [tokenizer_files(task0.tokenizer)] * n  # the trials share one tokenizer
   logs = [MetricsLog(w, s) for w, s in zip(workdirs, steps)]
   batches = [t.batches(s) for t, s in zip(tasks, steps)]
   idle = task0.example_batch()  # fed to trials that have finished; their updates are dropped
@@ -201,6 +206,7 @@ def train_group(configs: list[ConfigDict], workdirs: list[str], devices=None,
           host = jax.device_get(pending[i])
           dt = time.perf_counter() - t_last[i]
           summary = {k: float(np.mean([m[k][i] for m in host])) for k in host[0]}
+          summary.update({k: float(host[-1][k][i]) for k in COUNTERS})
           summary["learning_rate"] = float(rates[i, max(done // accum - 1, 0)])
           summary["tokens_per_s"] = tokens[i] / dt
           summary["steps_per_s"] = len(host) / dt
@@ -215,7 +221,7 @@ def train_group(configs: list[ConfigDict], workdirs: list[str], devices=None,
           stop = tasks[i].should_stop(done, last_eval[i])
           t_last[i] = time.perf_counter()
         if stop or done == total or mngrs[i].should_save(done):
-          mngrs[i].save(done, args=ocp.args.StandardSave(take(state, i)), force=True)
+          save_checkpoint(mngrs[i], done, take(state, i), tokenizer_jsons[i])
         if stop or done == total:
           if stop:
             log.info("%s: early stopping at step %d of %d", configs[i].name, done, total)

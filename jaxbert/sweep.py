@@ -84,10 +84,12 @@ def search_space(config: ConfigDict) -> dict[str, Any]:
   if not space:
     raise UserError("config.sweep.space is empty: name the keys to sweep, e.g. "
                     "--config.sweep.space.optim.lr=[1e-5,3e-5] --config.sweep.space.train.seed=[0,1]")
+  from jaxbert.defaults import sweep_config  # pylint: disable=g-import-not-at-top
   for key, values in space.items():
     if key.split(".")[0] in _NOT_SWEEPABLE:
       raise UserError(f"config.sweep.space.{key}: {key} cannot be swept")
     probe = copy.deepcopy(config)
+    probe.sweep = sweep_config()  # so a misspelt key is matched against the run's keys only
     for v in values if isinstance(values, list) else [_draw(values, np.random.default_rng(0))]:
       try:
         set_key(probe, key, v)
@@ -122,7 +124,7 @@ def _draw(values, rng: np.random.Generator):
 
 
 def expand(config: ConfigDict) -> list[dict[str, Any]]:
-  """Every trial's overrides, in a fixed order: each setting with each seed of the space."""
+  """Every trial's overrides: each setting with each seed, keys sorted, seeds fastest."""
   space = search_space(config)
   seeds = space.pop(SEED_KEY, None)
   keys = sorted(space)
@@ -228,7 +230,8 @@ def make_record(trial: Trial, metrics: dict[str, float] | None, metric: str, *,
   """What trial.json holds: overrides, final metrics, objective, steps, early stopping."""
   results = _read_json(os.path.join(trial.workdir, "results.json")) or {}
   metrics = metrics or results.get("metrics") or {}
-  name = metric or results.get("main_metric", "")
+  # evaluate() lists the main metric first (results.json is on process 0 only).
+  name = metric or results.get("main_metric") or next(iter(metrics), "")
   if name not in metrics:
     raise UserError(f"config.sweep.metric={name!r} is not one of the task's metrics "
                     f"{sorted(metrics)} (trial {trial.workdir})")

@@ -121,7 +121,7 @@ def _write_markdown(path, records, swept, best, task) -> None:
            f" (min {_fmt(best['setting_min'])}, max {_fmt(best['setting_max'])}, "
            f"{best['setting_seeds']} seed(s))",
            f"- Best trial: `{best['trial']}`, {metric} {_fmt(best['value'])}; its checkpoint: "
-           "`jaxbert export-hf WORKDIR/best --out DIR`",
+           f"`jaxbert export-hf {os.path.join(os.path.dirname(path), 'best')} --out DIR`",
            f"- Trials finished: {len(records)}", "", "## Settings", "",
            "| | " + " | ".join(setting_keys + ["seeds", f"median {metric}", "min", "max"]) + " |",
            "|---" * (len(setting_keys) + 5) + "|"]

@@ -6,6 +6,17 @@ A task (jaxbert/pretrain.py, jaxbert/finetune.py) supplies the model, a pure los
 process-local batches as a pure function of the step, and its evaluation. Every
 random choice is a function of (seed, step), so a run restored from a checkpoint
 at step s continues exactly as if it had never stopped.
+
+Reliability, in the order a run meets it:
+- Restore takes the newest checkpoint whose files match their integrity record
+  (jaxbert/checkpoint.py) and read back; damaged ones are reported and moved to
+  WORKDIR/checkpoints_damaged/. One that reads but holds another model is a UserError.
+- The optimizer is wrapped in `skip_nonfinite`: a step with a non-finite loss,
+  gradient or update changes nothing but the step counter and two counters in the
+  optimizer state, which the metrics report. `train.max_nonfinite` such steps in a
+  row stop the run (TrainingDiverged, exit status 2); a state with a non-finite
+  value is never saved.
+- SIGTERM saves a checkpoint at the next step boundary and returns normally.
 """
 
 from __future__ import annotations
@@ -16,7 +27,7 @@ import logging
 import os
 import signal
 import time
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator, NamedTuple, Protocol
 
 import flax
 import flax.linen as nn
@@ -25,11 +36,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from etils import epath
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
+from jaxbert import checkpoint as ckpt_lib
 from jaxbert import flops as flops_lib
 from jaxbert import sharding as shd
-from jaxbert.checkpoint import write_json_atomic
+from jaxbert.checkpoint import tokenizer_files, write_json_atomic
 from jaxbert.config import ConfigDict
 from jaxbert.errors import UserError
 
@@ -37,8 +51,17 @@ log = logging.getLogger("jaxbert")
 
 # Keys that may change between a run and its resumption; anything else is a different run.
 RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
-                     "train.keep_checkpoints", "train.progress", "mesh.data", "mesh.fsdp",
-                     "data.num_workers", "data.eval_examples")
+                     "train.keep_checkpoints", "train.progress", "train.max_nonfinite",
+                     "train.peak_flops", "mesh.data", "mesh.fsdp", "data.num_workers",
+                     "data.eval_examples")
+# Non-finite steps in a row that stop a run whose config has no train.max_nonfinite.
+DEFAULT_MAX_NONFINITE = 10
+# Metrics that count (reported as their last value in a logging window, not the mean).
+COUNTERS = ("nonfinite_in_a_row", "nonfinite_skipped")
+
+
+class TrainingDiverged(UserError):
+  """Too many non-finite steps in a row, or a non-finite state about to be saved."""
 
 
 class Task(Protocol):
@@ -63,14 +86,74 @@ class TrainState:
   opt_state: Any
 
 
+class NonFiniteGuardState(NamedTuple):
+  in_a_row: jax.Array  # int32: consecutive skipped steps, up to and including the last
+  total: jax.Array     # int32: skipped steps since the run began
+  inner_state: Any
+
+
+def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+  """`inner`, except that a step whose loss, gradient or update is not finite is skipped.
+
+  Skipped means: zero updates and `inner`'s state unchanged (no Adam moment or
+  accumulator sees the NaN). Unlike `optax.apply_if_finite` it never gives up and
+  applies a non-finite update; the trainer stops the run instead. The loss comes in
+  as the `loss` extra argument (`optax.with_extra_args_support(tx).update(..., loss=l)`).
+  """
+
+  def init(params):
+    zero = jnp.zeros((), jnp.int32)
+    return NonFiniteGuardState(zero, zero, inner.init(params))
+
+  def update(grads, state, params=None, *, loss=None, **extra_args):
+    del extra_args
+    updates, inner_state = inner.update(grads, state.inner_state, params)
+    checked = [grads, updates] + ([] if loss is None else [loss])
+    ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(checked)]))
+    updates = jax.tree.map(lambda u: jnp.where(ok, u, jnp.zeros_like(u)), updates)
+    inner_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old),
+                               inner_state, state.inner_state)
+    in_a_row = jnp.where(ok, 0, state.in_a_row + 1).astype(jnp.int32)
+    total = (state.total + jnp.where(ok, 0, 1)).astype(jnp.int32)
+    return updates, NonFiniteGuardState(in_a_row, total, inner_state)
+
+  return optax.GradientTransformationExtraArgs(init, update)
+
+
 def train_step(state: TrainState, batch, rng, *, loss_fn, tx) -> tuple[TrainState, dict]:
   """One pure optimizer step; `rng` is the run's base key, folded with the step."""
   rng = jax.random.fold_in(rng, state.step)
   (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  # The loss goes to transformations that take it (skip_nonfinite); others ignore it.
+  updates, opt_state = optax.with_extra_args_support(tx).update(
+      grads, state.opt_state, state.params, loss=loss)
   params = optax.apply_updates(state.params, updates)
   metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def guarded_train_step(state: TrainState, batch, rng, *, loss_fn, tx):
+  """`train_step` with a `skip_nonfinite` optimizer; its counters join the metrics."""
+  state, metrics = train_step(state, batch, rng, loss_fn=loss_fn, tx=tx)
+  guard = state.opt_state
+  return state, dict(metrics, nonfinite_in_a_row=guard.in_a_row, nonfinite_skipped=guard.total)
+
+
+@jax.jit
+def all_finite(tree) -> jax.Array:
+  """Whether every floating-point value in `tree` is finite (a scalar bool)."""
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def check_nonfinite(in_a_row: int, limit: int, step: int) -> None:
+  """TrainingDiverged once `limit` steps in a row (ending at `step`) were skipped."""
+  if limit > 0 and in_a_row >= limit:
+    raise TrainingDiverged(
+        f"training stopped at step {step}: the last {in_a_row} steps had a non-finite loss "
+        f"or gradient and were skipped (train.max_nonfinite={limit}); the checkpoints hold "
+        "finite values only. Lower optim.lr or lengthen the warm-up (optim.warmup_steps), "
+        "and train again in a new --workdir")
 
 
 def make_predict(model: nn.Module, mesh, param_shardings):
@@ -110,8 +193,9 @@ class MetricsLog:
       self.tb.close()
 
 
-def check_workdir_config(workdir: str, config: ConfigDict) -> None:
-  """Refuses to resume a workdir whose run had a different config; records the config."""
+def check_workdir_config(workdir: str, config: ConfigDict, record: bool = True) -> None:
+  """Refuses to resume a workdir whose run had a different config; records the config
+  (unless `record` is False: a run that fails before training must not claim the workdir)."""
   path = os.path.join(workdir, "config.json")
   current = json.loads(json.dumps(config.to_dict(), default=str))
   if os.path.exists(path):
@@ -124,7 +208,7 @@ def check_workdir_config(workdir: str, config: ConfigDict) -> None:
                         for k in diffs[:5])
       raise UserError(f"{workdir} holds a run with a different config ({shown}); "
                       "use a new --workdir, or the same config to resume")
-  if jax.process_index() == 0:
+  if record and jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     write_json_atomic(path, current)
 
@@ -140,44 +224,170 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 class _Preemption:
-  """SIGTERM (schedulers, TPU maintenance) -> save at the next step boundary and exit."""
+  """SIGTERM (schedulers, TPU maintenance) -> save at a step boundary and exit.
 
-  def __init__(self):
-    self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+  One process: a signal handler sets a flag. Several: they must all stop at the same
+  step, so JAX's preemption service (which catches SIGTERM itself once
+  jax.distributed is initialised) picks the step, asked through Orbax.
+  """
+
+  def __init__(self, mngr: ocp.CheckpointManager):
+    self._mngr = mngr
+    self._flag = False
+    self._local = jax.process_count() == 1
+    if self._local:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
     del signum, frame
-    self.requested = True
+    self._flag = True
+
+  def reached(self, step: int) -> bool:
+    return self._flag if self._local else self._mngr.reached_preemption(step)
 
   def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
+    if self._local:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _seal_pending_save(root: str) -> None:
+  """Orbax's post-finalization hook: seal the step folder it is about to commit.
+
+  Runs on the primary process after every process has written its part and before
+  the folder is renamed into place, so a committed checkpoint always has its record.
+  """
+  pending = [os.path.join(root, n) for n in os.listdir(root) if ".orbax-checkpoint-tmp" in n]
+  if not pending:  # Not a rename-to-commit file system: seal the newest step in place.
+    pending = [os.path.join(root, n) for n in os.listdir(root)
+               if n.isdigit() and not ckpt_lib.is_sealed(os.path.join(root, n))]
+  if pending:
+    ckpt_lib.seal(max(pending, key=os.path.getmtime))
 
 
 def checkpoint_manager(workdir: str, config: ConfigDict) -> ocp.CheckpointManager:
+  root = os.path.join(os.path.abspath(workdir), "checkpoints")
   options = ocp.CheckpointManagerOptions(
       save_interval_steps=config.train.checkpoint_every,
       max_to_keep=config.train.keep_checkpoints,
-      enable_async_checkpointing=True)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
+      enable_async_checkpointing=True,
+      cleanup_tmp_directories=True,  # folders of saves a kill interrupted
+      async_options=ocp.AsyncOptions(
+          post_finalization_callback=functools.partial(_seal_pending_save, root)))
+  # Two items per step: the train state, and the tokenizer's files (so that a step
+  # folder alone is enough to fine-tune from or export).
+  return ocp.CheckpointManager(root, options=options, item_names=("default", "tokenizer"))
+
+
+def save_checkpoint(mngr: ocp.CheckpointManager, step: int, state, tokenizer_json: dict) -> None:
+  """Starts the asynchronous save of `state` and the tokenizer as checkpoint `step`."""
+  mngr.save(step, args=ocp.args.Composite(default=ocp.args.StandardSave(state),
+                                          tokenizer=ocp.args.JsonSave(tokenizer_json)),
+            force=True)
+
+
+def _saved_state_metadata(step_dir: str):
+  """Shapes and dtypes of the train state in a step folder (its `default` item)."""
+  handler = ocp.StandardCheckpointHandler()
+  try:
+    return handler.metadata(epath.Path(step_dir) / "default")
+  finally:
+    handler.close()
+
+
+def _key_name(entry) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(entry, attr):
+      return str(getattr(entry, attr))
+  return str(entry)
+
+
+def _layout(tree) -> dict[str, tuple]:
+  """'params/bert/...' -> (shape, dtype) for every array of a state or its metadata."""
+  return {"/".join(_key_name(k) for k in path): (tuple(leaf.shape), str(np.dtype(leaf.dtype)))
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _check_layout(saved_metadata, abstract_state, step_dir: str) -> None:
+  """UserError if a readable checkpoint holds another model (shapes, dtypes or tree)."""
+  saved, wanted = _layout(saved_metadata), _layout(abstract_state)
+  if saved == wanted:
+    return
+  differ = [k for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]
+  k = ([d for d in differ if d.startswith("params/")] or differ)[0]
+  show = lambda v: "absent" if v is None else f"{v[1]}{list(v[0])}"
+  raise UserError(
+      f"checkpoint {step_dir} does not fit this run: {k} is {show(saved.get(k))} there but "
+      f"{show(wanted.get(k))} here ({len(differ)} array(s) differ). It was written with "
+      "another model config, tokenizer or optimizer (or an older jaxbert); use a new "
+      "--workdir, or the config and tokenizer of the run that wrote it")
+
+
+def _set_aside(mngr: ocp.CheckpointManager, steps: list[int]) -> None:
+  """Moves damaged step folders to WORKDIR/checkpoints_damaged/ so new saves can take
+  their step numbers; the files are kept for inspection."""
+  root = str(mngr.directory)
+  if jax.process_count() > 1:  # every process has finished reading them
+    multihost_utils.sync_global_devices("jaxbert: checkpoints checked")
+  if jax.process_index() == 0:
+    dest_root = os.path.join(os.path.dirname(root), "checkpoints_damaged")
+    os.makedirs(dest_root, exist_ok=True)
+    for step in steps:
+      dest, n = os.path.join(dest_root, str(step)), 1
+      while os.path.exists(dest):
+        dest, n = os.path.join(dest_root, f"{step}.{n}"), n + 1
+      os.replace(os.path.join(root, str(step)), dest)
+      log.warning("moved the damaged checkpoint %s/%d to %s", root, step, dest)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("jaxbert: damaged checkpoints moved")
+  mngr.reload()
 
 
 def restore_latest(mngr: ocp.CheckpointManager, abstract_state):
-  """The newest checkpoint that reads back whole; a damaged one is reported and skipped."""
+  """The newest whole checkpoint, restored into `abstract_state`'s shardings; or None.
+
+  A checkpoint whose files fail their integrity record, or that does not read back,
+  is reported and set aside, and the next older one is tried. One that reads back
+  but holds arrays of other shapes belongs to another run: UserError, nothing moved.
+  """
+  damaged, state = [], None
   for step in sorted(mngr.all_steps(), reverse=True):
-    try:
-      return mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
-    except Exception as e:  # A torn or corrupted write: fall back to the previous checkpoint.
-      log.warning("checkpoint at step %d is unreadable (%s: %s); trying an older one",
-                  step, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
-  return None
+    step_dir = os.path.join(str(mngr.directory), str(step))
+    problem = ckpt_lib.integrity_problem(step_dir)
+    if problem is None:
+      if not ckpt_lib.is_sealed(step_dir):
+        log.warning("checkpoint %s has no integrity record (written by an older jaxbert); "
+                    "reading it unverified", step_dir)
+      try:
+        metadata = _saved_state_metadata(step_dir)
+      except Exception as e:  # pylint: disable=broad-except
+        problem = f"its metadata is unreadable ({type(e).__name__}: {_first_line(e)})"
+      else:
+        _check_layout(metadata, abstract_state, step_dir)
+        try:
+          state = mngr.restore(step, args=ocp.args.Composite(
+              default=ocp.args.StandardRestore(abstract_state)))["default"]
+          break
+        except Exception as e:  # pylint: disable=broad-except
+          problem = f"it does not read back ({type(e).__name__}: {_first_line(e)})"
+    log.warning("checkpoint %s is damaged: %s; trying an older one", step_dir, problem)
+    damaged.append(step)
+  if damaged:
+    if state is None:
+      log.warning("no readable checkpoint left in %s; training starts from step 0",
+                  mngr.directory)
+    _set_aside(mngr, damaged)
+  return state
+
+
+def _first_line(e: BaseException) -> str:
+  return str(e).strip().splitlines()[0] if str(e).strip() else ""
 
 
 def train(config: ConfigDict, workdir: str, task: Task,
           make_tx: Callable[[Any], tuple[optax.GradientTransformation, optax.Schedule]],
           mesh) -> dict[str, float]:
   """Runs (or resumes) training to `task.total_steps`; returns the last evaluation."""
-  check_workdir_config(workdir, config)
+  check_workdir_config(workdir, config, record=False)
   seed = config.train.seed
   model = task.model
 
@@ -185,6 +395,7 @@ def train(config: ConfigDict, workdir: str, task: Task,
   example = jax.tree.map(jnp.asarray, task.example_batch())
   init_params = lambda: model.init({"params": jax.random.key(seed)}, example)["params"]
   tx, schedule = make_tx(jax.eval_shape(init_params))
+  tx = skip_nonfinite(tx)
   accum = config.optim.get("accum_steps", 1) or 1
 
   def init_state():
@@ -197,7 +408,7 @@ def train(config: ConfigDict, workdir: str, task: Task,
   batch_sh = shd.batch_sharding(mesh)
   rng_sh = shd.replicated(mesh)
 
-  step_fn = jax.jit(functools.partial(train_step, loss_fn=task.loss_fn, tx=tx),
+  step_fn = jax.jit(functools.partial(guarded_train_step, loss_fn=task.loss_fn, tx=tx),
                     in_shardings=(state_sh, batch_sh, rng_sh),
                     out_shardings=(state_sh, rng_sh), donate_argnums=(0,))
 
@@ -217,7 +428,11 @@ def train(config: ConfigDict, workdir: str, task: Task,
     start = int(state.step)
     log.info("resumed from %s at step %d", mngr.directory, start)
 
+  # The workdir is this run's from now on (a run that failed before here leaves no claim).
+  check_workdir_config(workdir, config)
   rng = jax.device_put(jax.random.key(seed + 1), rng_sh)
+  # Every checkpoint carries its tokenizer, so a checkpoint folder is usable on its own.
+  tokenizer_json = tokenizer_files(task.tokenizer)
   predict = make_predict(model, mesh, state_sh.params)
   metrics_log = MetricsLog(workdir, start)
   total = task.total_steps  # micro-steps; the optimizer updates every `accum`
@@ -231,17 +446,22 @@ def train(config: ConfigDict, workdir: str, task: Task,
   pending: list[dict] = []
   tokens = 0
   t_last = time.perf_counter()
-  preempt = _Preemption()
+  limit = tcfg.get("max_nonfinite", DEFAULT_MAX_NONFINITE)
+  preempt = _Preemption(mngr)
   bar = tqdm(total=total, initial=start, disable=not tcfg.progress or jax.process_index() != 0,
              dynamic_ncols=True, desc=config.get("name", "train"))
   batches = task.batches(start)
   should_stop = getattr(task, "should_stop", None)  # optional: early stopping
+  in_a_row = None  # the previous step's count, read a step late so dispatch stays ahead
   try:
     for step in range(start, total):
       stop = False
       local = next(batches)
       tokens += int(local["attention_mask"].sum()) * jax.process_count()
       state, metrics = step_fn(state, shd.global_batch(local, batch_sh), rng)
+      if in_a_row is not None:
+        check_nonfinite(int(in_a_row), limit, step)
+      in_a_row = metrics["nonfinite_in_a_row"]
       pending.append(metrics)
       done = step + 1
       bar.update(1)
@@ -249,6 +469,7 @@ def train(config: ConfigDict, workdir: str, task: Task,
         host = jax.device_get(pending)
         dt = time.perf_counter() - t_last
         summary = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+        summary.update({k: float(host[-1][k]) for k in COUNTERS})
         summary["learning_rate"] = float(schedule(max(done // accum - 1, 0)))
         summary["tokens_per_s"] = tokens / dt
         summary["steps_per_s"] = len(host) / dt
@@ -263,12 +484,18 @@ def train(config: ConfigDict, workdir: str, task: Task,
         bar.write(f"step {done}: " + "  ".join(f"{k}={v:.4g}" for k, v in last_eval.items()))
         t_last = time.perf_counter()
         stop = bool(should_stop and should_stop(done, last_eval))
-      mngr.save(done, args=ocp.args.StandardSave(state),
-                force=done == total or preempt.requested or stop)
+      preempted = preempt.reached(done)
+      force = done == total or preempted or stop
+      if force or mngr.should_save(done):
+        check_nonfinite(int(in_a_row), limit, done)
+        if not bool(all_finite(state)):  # a finite update that overflowed: never save it
+          raise TrainingDiverged(f"training stopped at step {done}: the model state holds "
+                                 "non-finite values (an update overflowed); lower optim.lr")
+        save_checkpoint(mngr, done, state, tokenizer_json)
       if stop:
         log.info("early stopping at step %d of %d", done, total)
         break
-      if preempt.requested:
+      if preempted:
         log.warning("SIGTERM: saved a checkpoint at step %d; exiting", done)
         break
   finally:

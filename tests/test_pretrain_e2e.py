@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -60,3 +61,19 @@ def test_mesh_shapes_give_the_same_loss(reference_run, corpus_file, tmp_path, da
   read = lambda d: [l["loss"] for l in map(json.loads, open(os.path.join(d, "metrics.jsonl")))
                     if l["split"] == "train"]
   np.testing.assert_allclose(read(workdir), read(ref_dir), rtol=2e-5)
+
+
+def test_every_checkpoint_carries_the_tokenizer(reference_run, tmp_path):
+  from jaxbert import handover
+  from jaxbert.tokenizer import load_tokenizer
+  workdir, _ = reference_run
+  # A copy of the run without its tokenizer folder: the checkpoint's own copy is used.
+  copy = tmp_path / "run"
+  top_level = lambda d, names: ["tokenizer"] if os.path.samefile(d, workdir) else []
+  shutil.copytree(workdir, copy, ignore=top_level)
+  for step in os.listdir(copy / "checkpoints"):
+    assert os.path.isdir(copy / "checkpoints" / step / "tokenizer")
+  source = handover.open_source(str(copy / "checkpoints" / "6"))
+  assert source.tokenizer.fingerprint() == load_tokenizer(
+      os.path.join(workdir, "tokenizer")).fingerprint() == load_tokenizer(
+      os.path.join(workdir, "tokenizer")).fingerprint()

@@ -327,8 +327,12 @@ def matmul_peak(dtype: str, with_torch: bool, device: str) -> tuple[float, dict[
   return max(rates.values()), rates
 
 
-def run_rounds(runners: list[Runner], steps: int, rounds: int) -> None:
-  """Times `steps` steps of every runner, in `rounds` blocks of rotating order."""
+def run_rounds(runners: list[Runner], steps: int, rounds: int,
+               between: Callable[[], None] = lambda: None) -> None:
+  """Times `steps` steps of every runner, in `rounds` blocks of rotating order.
+
+  `between` runs after every round (the peak is re-measured there).
+  """
   per_round = max(1, math.ceil(steps / rounds))
   counters = {id(r): 0 for r in runners}
   for k in range(rounds):
@@ -343,6 +347,7 @@ def run_rounds(runners: list[Runner], steps: int, rounds: int) -> None:
         block.append(time.perf_counter() - t)
       r.times.extend(block)
       r.rounds.append(statistics.median(block))
+    between()
 
 
 def paired_ratio(a: Runner, b: Runner) -> float:
@@ -450,7 +455,16 @@ def main(argv=None):
   for r in runners:
     for batch in r.batches[:2]:
       r.step(batch)
-  run_rounds(runners, args.steps, args.rounds)
+  # On a shared machine the start may be a busy moment: the peak is the best rate seen at
+  # the start and after every round.
+  def remeasure():
+    nonlocal peak
+    again, again_rates = matmul_peak(args.dtype, args.peer == "hf-torch", device)
+    peak = max(peak, again)
+    for k, v in again_rates.items():
+      rates[k] = max(rates[k], v)
+  run_rounds(runners, args.steps, args.rounds, remeasure)
+  print(f"matmul peak, best of the start and {args.rounds} rounds: {peak / 1e9:.1f} GFLOP/s")
 
   model_flops = args.batch * flops_lib.pretraining_flops_per_sequence(
       model_config(args, {}), args.seq_len, args.predictions)

@@ -29,7 +29,9 @@ predictions file. Both are scored by `jaxbert.data.tasks.evaluate` on the whole 
 split. Wall times: "train" is the training loop (jaxbert: the sum of the logged training
 intervals of metrics.jsonl, which include the XLA compile of the train step); "total"
 also counts reading and encoding the data, loading the weights, the final evaluation
-and (jaxbert) checkpointing. Library imports are outside both.
+and (jaxbert) checkpointing; "total CPU" is the process's CPU time over the same span
+(all threads), less sensitive than wall time to other work on a shared machine. Library
+imports are outside both.
 """
 
 from __future__ import annotations
@@ -155,16 +157,16 @@ def run_jaxbert(args, bundle: str) -> dict:
   logger.addHandler(handler)
   level = logger.level
   logger.setLevel(logging.INFO)
-  t0 = time.perf_counter()
+  t0, c0 = time.perf_counter(), time.process_time()
   try:
     metrics = run(config, workdir)
   finally:
     logger.removeHandler(handler)
     logger.setLevel(level)
-  total = time.perf_counter() - t0
+  total, cpu = time.perf_counter() - t0, time.process_time() - c0
   train_s, first_s, first_steps, steps = _metrics_steps(workdir)
   data_s = next((t - t0 for t, msg in handler.times if msg.startswith("task ")), float("nan"))
-  return {"metrics": metrics, "train_s": train_s, "total_s": total, "steps": steps,
+  return {"metrics": metrics, "train_s": train_s, "total_s": total, "cpu_s": cpu, "steps": steps,
           "first_interval_s": first_s, "first_interval_steps": first_steps, "data_s": data_s}
 
 
@@ -175,8 +177,9 @@ def run_peer(args, bundle: str) -> dict:
   from jaxbert.errors import UserError  # pylint: disable=g-import-not-at-top
   from jaxbert.tokenizer import load_tokenizer  # pylint: disable=g-import-not-at-top
   transformers.logging.set_verbosity_error()  # the "newly initialized classifier" notice
+  transformers.logging.disable_progress_bar()
   torch.set_num_threads(os.cpu_count() or 1)
-  t0 = time.perf_counter()
+  t0, c0 = time.perf_counter(), time.process_time()
   tokenizer = load_tokenizer(os.path.join(bundle, "tokenizer"))
   load = lambda split: tasks_lib.load_task(args.task, split=split, tokenizer=tokenizer,
                                            max_seq_len=args.max_seq_len,
@@ -247,7 +250,7 @@ def run_peer(args, bundle: str) -> dict:
   metrics = tasks_lib.evaluate(eval_data, outputs)
   eval_s = time.perf_counter() - t_eval
   return {"metrics": metrics, "train_s": train_s, "total_s": time.perf_counter() - t0,
-          "steps": steps, "data_s": data_s, "eval_s": eval_s,
+          "cpu_s": time.process_time() - c0, "steps": steps, "data_s": data_s, "eval_s": eval_s,
           "final_loss": float(np.mean(losses[-20:]))}
 
 
@@ -257,10 +260,11 @@ def _fmt_metrics(m: dict) -> str:
 
 def report(args, results: dict[str, dict]) -> None:
   """Prints the side-by-side table, then the ratios and differences."""
-  rows = [("side", "metrics", "train wall s", "total wall s")]
+  rows = [("side", "metrics", "train wall s", "total wall s", "total CPU s")]
   for side, r in results.items():
-    rows.append((side, _fmt_metrics(r["metrics"]), f"{r['train_s']:.1f}", f"{r['total_s']:.1f}"))
-  widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    rows.append((side, _fmt_metrics(r["metrics"]), f"{r['train_s']:.1f}", f"{r['total_s']:.1f}",
+                 f"{r['cpu_s']:.1f}"))
+  widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
   line = lambda row: " | ".join(c.ljust(w) for c, w in zip(row, widths))
   print()
   print(f"{args.task}  train={args.train_split}  eval={args.eval_split}  "
@@ -273,19 +277,23 @@ def report(args, results: dict[str, dict]) -> None:
   print()
   jx, pr = results.get("jaxbert"), results.get("peer")
   if jx:
-    steady = ((jx["steps"] - jx["first_interval_steps"])
-              / max(jx["train_s"] - jx["first_interval_s"], 1e-9))
-    compile_s = jx["first_interval_s"] - jx["first_interval_steps"] / steady if steady else 0.0
+    rest_steps = jx["steps"] - jx["first_interval_steps"]
+    rest_s = jx["train_s"] - jx["first_interval_s"]
+    if rest_steps > 0 and rest_s > 0:
+      steady = rest_steps / rest_s
+      after = (f" (XLA compile ~{jx['first_interval_s'] - jx['first_interval_steps'] / steady:.1f}"
+               f" s); then {steady:.2f} steps/s")
+    else:
+      after = " (compile included; too few steps for a steady rate)"
     print(f"jaxbert: {jx['steps']} steps; data load {jx['data_s']:.1f} s; first "
-          f"{jx['first_interval_steps']} steps {jx['first_interval_s']:.1f} s (XLA compile "
-          f"~{compile_s:.1f} s); then {steady:.2f} steps/s; outside training "
-          f"{jx['total_s'] - jx['train_s']:.1f} s")
+          f"{jx['first_interval_steps']} steps {jx['first_interval_s']:.1f} s{after}; "
+          f"outside training {jx['total_s'] - jx['train_s']:.1f} s")
   if pr:
     print(f"peer:    {pr['steps']} steps; data load {pr['data_s']:.1f} s; "
           f"{pr['steps'] / pr['train_s']:.2f} steps/s; eval {pr['eval_s']:.1f} s; "
           f"last-20-step loss {pr['final_loss']:.4f}")
   if jx and pr:
-    for key in ("train_s", "total_s"):
+    for key in ("train_s", "total_s", "cpu_s"):
       print(f"time ratio jaxbert / peer ({key[:-2]}): {jx[key] / pr[key]:.2f}")
     for k in jx["metrics"]:
       if k in pr["metrics"]:

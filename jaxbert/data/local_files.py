@@ -33,6 +33,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 from typing import Any
@@ -41,6 +42,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxbert.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 _EXTENSIONS = {".tsv": "tsv", ".csv": "csv", ".json": "squad", ".conll": "conll",
                ".txt": "conll"}
@@ -104,14 +107,22 @@ def _format_of(file: str) -> str:
 
 
 def _read_text(file: str) -> str:
+  """The file as text; bytes that are not UTF-8 are replaced by U+FFFD and counted."""
   try:
-    # utf-8-sig: GLUE's MRPC files start with a byte order mark.
-    with open(file, encoding="utf-8-sig") as f:
-      return f.read()
+    with open(file, "rb") as f:
+      raw = f.read()
   except FileNotFoundError:
     raise UserError(f"{file}: no such file") from None
-  except UnicodeDecodeError as e:
-    raise UserError(f"{file}: not UTF-8 text ({e})") from None
+  try:
+    # utf-8-sig: GLUE's MRPC files start with a byte order mark.
+    return raw.decode("utf-8-sig")
+  except UnicodeDecodeError:
+    text = raw.decode("utf-8-sig", "replace")
+    # U+FFFD already in the file survives "ignore": the difference is the replacements.
+    bad = text.count("\ufffd") - raw.decode("utf-8-sig", "ignore").count("\ufffd")
+    logger.warning("%s: %d undecodable byte sequence(s) replaced with U+FFFD (the file is not "
+                   "valid UTF-8).", file, bad)
+    return text
 
 
 # ---------------------------------------------------------------------------
