@@ -142,9 +142,10 @@ def load_encoder(source: Source, params, shardings):
     loaded = {k: saved[k] for k in target if k.startswith("bert/") and k in saved}
     for k, shape in loaded.items():
       if tuple(target[k].shape) != shape:
-        raise UserError(f"pre-trained tensor {k} has shape {shape} but the model expects "
-                        f"{tuple(target[k].shape)}: the checkpoint's model config or vocabulary "
-                        "differs from this run's")
+        raise UserError(f"{source.description}: pre-trained tensor {k} has shape {shape} but "
+                        f"the model expects {tuple(target[k].shape)} from the checkpoint's own "
+                        "model config and tokenizer, which do not describe its weights (edited "
+                        "or replaced?); point config.init at an intact checkpoint")
     if not loaded:
       raise UserError(f"{source.description} holds no encoder (bert/...) parameters")
     item = {}

@@ -170,7 +170,9 @@ def train_group(configs: list[ConfigDict], workdirs: list[str], devices=None,
   steps = [int(s.step) for s in states]
   state = jax.jit(_stack, out_shardings=stacked_sh)(states)
   del states
-  rngs = jax.device_put(jnp.stack([jax.random.key(c.train.seed + 1) for c in configs]), rep)
+  # A computation laid out on the mesh (device_put cannot reach other processes' devices).
+  rngs = jax.jit(lambda: jnp.stack([jax.random.key(c.train.seed + 1) for c in configs]),
+                 out_shardings=rep)()
 
   predict = make_predict(model, mesh, state_sh.params)
   tokenizer_jsons = [tokenizer_files(task0.tokenizer)] * n  # the trials share one tokenizer

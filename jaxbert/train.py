@@ -265,10 +265,18 @@ def _seal_pending_save(root: str) -> None:
 
 
 def checkpoint_manager(workdir: str, config: ConfigDict) -> ocp.CheckpointManager:
+  """The run's checkpoints: every `train.checkpoint_every` steps, sealed, kept a few.
+
+  Nothing is written before the first save: a run that fails while it is set up
+  leaves no checkpoints/ folder behind.
+  """
   root = os.path.join(os.path.abspath(workdir), "checkpoints")
   options = ocp.CheckpointManagerOptions(
-      save_interval_steps=config.train.checkpoint_every,
+      # Exactly every checkpoint_every steps (Orbax's default also saves the first step).
+      save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(
+          config.train.checkpoint_every),
       max_to_keep=config.train.keep_checkpoints,
+      create=False,  # the first save creates the folder
       enable_async_checkpointing=True,
       cleanup_tmp_directories=True,  # folders of saves a kill interrupted
       async_options=ocp.AsyncOptions(
@@ -430,7 +438,9 @@ def train(config: ConfigDict, workdir: str, task: Task,
 
   # The workdir is this run's from now on (a run that failed before here leaves no claim).
   check_workdir_config(workdir, config)
-  rng = jax.device_put(jax.random.key(seed + 1), rng_sh)
+  # Made by a computation laid out on the mesh: device_put cannot place a host value
+  # on devices of other processes.
+  rng = jax.jit(lambda: jax.random.key(seed + 1), out_shardings=rng_sh)()
   # Every checkpoint carries its tokenizer, so a checkpoint folder is usable on its own.
   tokenizer_json = tokenizer_files(task.tokenizer)
   predict = make_predict(model, mesh, state_sh.params)
@@ -453,6 +463,7 @@ def train(config: ConfigDict, workdir: str, task: Task,
   batches = task.batches(start)
   should_stop = getattr(task, "should_stop", None)  # optional: early stopping
   in_a_row = None  # the previous step's count, read a step late so dispatch stays ahead
+  abandon_saves = False
   try:
     for step in range(start, total):
       stop = False
@@ -498,9 +509,15 @@ def train(config: ConfigDict, workdir: str, task: Task,
       if preempted:
         log.warning("SIGTERM: saved a checkpoint at step %d; exiting", done)
         break
+  except Exception as e:
+    # Several processes, and not an error they all meet at the same step: another
+    # process may be gone, and finishing the save in flight would wait for it.
+    abandon_saves = jax.process_count() > 1 and not isinstance(e, UserError)
+    raise
   finally:
-    mngr.wait_until_finished()
-    mngr.close()
+    if not abandon_saves:
+      mngr.wait_until_finished()
+      mngr.close()
     bar.close()
     metrics_log.close()
     preempt.restore()

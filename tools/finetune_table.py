@@ -33,7 +33,7 @@ RECIPES = {
     "stsb": ("stsb", ["--config.data.max_seq_len=64"]),
     "cola": ("cola", ["--config.data.max_seq_len=64", "--config.train.epochs=2"]),
     "conll2003": ("conll2003", ["--config.data.max_seq_len=64", "--config.train.epochs=1"]),
-    "squad": ("squad", ["--config.data.max_seq_len=256", "--config.train.epochs=1"]),
+    "squad": ("squad", ["--config.data.max_seq_len=256", "--config.train.epochs=0.5"]),
 }
 # On every task: the cheaper dropout-mask generator (see README, Performance).
 COMMON = ["--config.train.prng_impl=rbg"]

@@ -211,7 +211,7 @@ def arm(moment: str, workdir: str, slow: float = 0.0) -> None:
       seal(directory)
 
     checkpoint.seal = sealing
-  elif kind not in ("", "none"):
+  elif kind not in ("", "none", "step"):  # step: armed in `batches` above
     raise SystemExit(f"unknown kill moment {moment!r}")
 
 
@@ -260,11 +260,22 @@ def final_state(workdir: str, step: int | None = None) -> tuple[int, dict[str, n
   (default: the newest)."""
   import jax  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from etils import epath  # pylint: disable=g-import-not-at-top
   root = os.path.join(workdir, "checkpoints")
   if step is None:
     step = max(int(n) for n in os.listdir(root) if n.isdigit())
+  path = os.path.join(root, str(step), "default")
+  # Onto one local device, whatever devices (and processes) wrote it: without a target
+  # Orbax wants the writers' device mesh back.
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  handler = ocp.StandardCheckpointHandler()
+  try:
+    saved = handler.metadata(epath.Path(path))
+  finally:
+    handler.close()
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved)
   with ocp.StandardCheckpointer() as c:
-    state = c.restore(os.path.join(root, str(step), "default"))
+    state = c.restore(path, target)
   flat = {jax.tree_util.keystr(k): np.asarray(v)
           for k, v in jax.tree_util.tree_flatten_with_path(state)[0]}
   return step, flat
