@@ -17,10 +17,12 @@ checksums, so without the record a flipped byte would restore as a wrong value.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
 import shutil
+import tempfile
 from typing import Any
 
 import jax
@@ -142,8 +144,6 @@ def load_bundle(directory: str, target=None):
 
 def tokenizer_files(tokenizer) -> dict[str, str]:
   """The tokenizer's files as {name: base64}, to travel inside every training checkpoint."""
-  import base64  # pylint: disable=g-import-not-at-top
-  import tempfile  # pylint: disable=g-import-not-at-top
   with tempfile.TemporaryDirectory() as tmp:
     tokenizer.save(tmp)
     return {name: base64.b64encode(open(os.path.join(tmp, name), "rb").read()).decode("ascii")
@@ -152,7 +152,6 @@ def tokenizer_files(tokenizer) -> dict[str, str]:
 
 def write_tokenizer_files(files: dict[str, str], directory: str) -> None:
   """Inverse of `tokenizer_files`: writes the files into `directory`."""
-  import base64  # pylint: disable=g-import-not-at-top
   os.makedirs(directory, exist_ok=True)
   for name, data in files.items():
     if os.path.basename(name) != name:

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import os
+import tempfile
 
 import jax
 import numpy as np
@@ -85,15 +86,17 @@ def open_source(init: str) -> Source:
 
 
 def _checkpoint_tokenizer(step_dir: str) -> str | None:
-  """The tokenizer saved inside a checkpoint, unpacked next to it on first use."""
+  """The tokenizer saved inside a checkpoint, unpacked into a temporary folder.
+
+  Not next to the checkpoint: reading a checkpoint never writes into it (it may be
+  read-only, and its files are sealed).
+  """
   item = os.path.join(step_dir, "tokenizer")
-  unpacked = os.path.join(step_dir, "tokenizer_files")
-  if os.path.isdir(unpacked):
-    return unpacked
   if not os.path.isdir(item):
     return None  # checkpoints written before tokenizers travelled with them
   with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as ckptr:
     files = ckptr.restore(item)
+  unpacked = tempfile.mkdtemp(prefix="jaxbert-tokenizer-")
   write_tokenizer_files(files, unpacked)
   return unpacked
 
