@@ -125,6 +125,10 @@ def main(argv=None) -> int:
                       datefmt="%H:%M:%S", force=True)
   for noisy in ("absl", "jax._src", "orbax", "tensorflow_datasets"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
+  # Reading one item of a CheckpointManager step (the encoder of a pre-training run)
+  # makes Orbax look for step metadata inside the item folder; it lives one level up.
+  logging.getLogger("absl").addFilter(
+      lambda r: not str(r.msg).startswith("Metadata file does not exist"))
   from jaxbert.errors import UserError  # pylint: disable=g-import-not-at-top
   try:
     return args.fn(args, rest)

@@ -44,7 +44,7 @@ def train_config(**overrides) -> ConfigDict:
       "keep_checkpoints": 3,
       "progress": True,         # tqdm progress bar
       "peak_flops": 0.0,        # device matmul peak for MFU; 0 measures it at start
-      "prng_impl": "threefry2x32",  # or "rbg": cheaper dropout masks, not sharding-invariant
+      "prng_impl": "threefry2x32",  # or "rbg": the key stream (dropout masks: jaxbert/dropout.py)
       # Steps with a non-finite loss or gradient are skipped; this many in a row stop the
       # run (0: never stop).
       "max_nonfinite": 10,

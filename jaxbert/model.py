@@ -15,6 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxbert.dropout import Dropout
+
 Array = jax.Array
 
 
@@ -100,37 +102,6 @@ def _dense(cfg: BertConfig, features: int, name: str) -> nn.Dense:
 def _layer_norm(cfg: BertConfig, name: str = "LayerNorm") -> nn.LayerNorm:
   return nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=cfg.compute_dtype,
                       param_dtype=jnp.float32, name=name)
-
-
-class Dropout(nn.Module):
-  """Inverted dropout drawing 16 random bits per element instead of flax's 32.
-
-  flax draws a float32 uniform per element: one generator evaluation each, which
-  with the default threefry generator costs a large share of a CPU training step.
-  Here every 32-bit draw serves two elements as two 16-bit integers, kept when
-  below round(keep * 2**16); kept values are scaled by 2**16 / that threshold, so
-  the expectation is exactly preserved and the drop rate is `rate` to within 2**-17.
-  """
-
-  rate: float
-
-  @nn.compact
-  def __call__(self, x, deterministic: bool):
-    threshold = round((1.0 - self.rate) * 2 ** 16)
-    if deterministic or threshold >= 2 ** 16:
-      return x
-    if threshold <= 0:
-      return jnp.zeros_like(x)
-    rng = self.make_rng("dropout")
-    *lead, last = x.shape
-    if last % 2:
-      bits = jax.random.bits(rng, x.shape, jnp.uint16)
-    else:
-      words = jax.random.bits(rng, (*lead, last // 2), jnp.uint32)
-      # (..., last/2) uint32 -> (..., last/2, 2) uint16 -> (..., last)
-      bits = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(x.shape)
-    keep = bits.astype(jnp.uint32) < threshold
-    return jnp.where(keep, x * jnp.asarray(2 ** 16 / threshold, x.dtype), jnp.zeros_like(x))
 
 
 def attention_mask_from_segments(segments: Array) -> Array:
