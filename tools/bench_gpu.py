@@ -1,0 +1,108 @@
+"""One call on a GPU machine: jaxbert against Hugging Face PyTorch, base and large, bfloat16.
+
+    python tools/bench_gpu.py --out runs/bench_gpu.md
+
+Runs `tools/bench.py` once per (preset, sequence length, batch) of --configs, each in
+its own process (so every run starts with the whole device), with `--peer hf-torch`
+(eager and torch.compile, alternating with jaxbert), and prints one table: tokens/s,
+MFU against the bfloat16 matmul peak that bench.py measures on the device, compile
+time, memory, and jaxbert's speed ratio against each peer. Installs nothing; needs
+jax with CUDA, torch and transformers, as the lent H100/H200 image has.
+
+JAX preallocates most of the GPU by default, which would starve PyTorch in the same
+process: the runs get XLA_PYTHON_CLIENT_PREALLOCATE=false.
+
+The same script runs on CPU for a quick check of itself:
+    python tools/bench_gpu.py --configs tiny:128:8 --dtype float32 --steps 10 --rounds 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# (preset, sequence length, batch): the issue's base and large at 128 and 512 pieces.
+DEFAULT_CONFIGS = "large:128:64,base:128:64,base:512:16,large:512:16"
+
+
+def run_one(preset: str, seq_len: int, batch: int, args) -> dict:
+  with tempfile.TemporaryDirectory() as tmp:
+    out = os.path.join(tmp, "result.json")
+    cmd = [sys.executable, os.path.join(HERE, "bench.py"), "--preset", preset,
+           "--seq-len", str(seq_len), "--batch", str(batch), "--dtype", args.dtype,
+           "--steps", str(args.steps), "--rounds", str(args.rounds), "--json", out]
+    if args.peer_modes:
+      cmd += ["--peer", "hf-torch", "--peer-modes", args.peer_modes]
+    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
+    print("$ " + " ".join(cmd), flush=True)
+    t = time.perf_counter()
+    try:
+      proc = subprocess.run(cmd, env=env, timeout=args.timeout, capture_output=True, text=True)
+    except subprocess.TimeoutExpired:
+      return {"error": f"timed out after {args.timeout} s"}
+    wall = time.perf_counter() - t
+    sys.stdout.write(proc.stdout[-3000:])
+    if proc.returncode != 0:
+      return {"error": f"exit {proc.returncode}: " + proc.stderr.strip().splitlines()[-1][:200]}
+    with open(out) as f:
+      result = json.load(f)
+    result["wall_s"] = wall
+    return result
+
+
+def table(results: list[tuple[str, dict]]) -> str:
+  lines = ["| config | runner | tokens/s | MFU | compile s | memory | jaxbert speed-up |",
+           "|---|---|---:|---:|---:|---|---:|"]
+  for name, r in results:
+    if "error" in r:
+      lines.append(f"| {name} | {r['error']} | | | | | |")
+      continue
+    peak = f"{r['peak_flops'] / 1e12:.3g}"
+    for run in r["runners"]:
+      ratio = ""
+      if run["name"].startswith("hf-"):
+        jax_name = next(x["name"] for x in r["runners"] if x["name"].startswith("jaxbert"))
+        key = f"{jax_name} / {run['name']}"
+        ratio = f"{r['ratios'].get(key, float('nan')):.2f}x"
+      lines.append(f"| {name} (peak {peak} TFLOP/s) | {run['name']} | "
+                   f"{run['tokens_per_s']:,.0f} | {100 * run['mfu']:.1f} % | "
+                   f"{run['compile_s']:.1f} | {run['memory']} | {ratio} |")
+  return "\n".join(lines)
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--configs", default=DEFAULT_CONFIGS, help="preset:seq_len:batch, comma-separated")
+  p.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
+  p.add_argument("--steps", type=int, default=10)
+  p.add_argument("--rounds", type=int, default=2)
+  p.add_argument("--peer-modes", default="eager,compile",
+                 help="hf-torch modes; empty: jaxbert alone")
+  p.add_argument("--timeout", type=int, default=400, help="seconds per configuration")
+  p.add_argument("--out", default="", help="also write the table (Markdown) here")
+  args = p.parse_args(argv)
+  configs = []
+  for spec in args.configs.split(","):
+    try:
+      preset, seq_len, batch = spec.split(":")
+      configs.append((preset, int(seq_len), int(batch)))
+    except ValueError:
+      p.error(f"--configs entry {spec!r} is not preset:seq_len:batch")
+  results = [(f"{preset} T={seq_len} b={batch} {args.dtype}", run_one(preset, seq_len, batch, args))
+             for preset, seq_len, batch in configs]
+  text = table(results)
+  print("\n" + text)
+  if args.out:
+    with open(args.out, "w") as f:
+      f.write(text + "\n")
+  return 1 if any("error" in r for _, r in results) else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
