@@ -113,6 +113,18 @@ def build_parser() -> argparse.ArgumentParser:
   return p
 
 
+# Library warnings about normal operation, hidden so that real warnings stand out:
+_EXPECTED_NOISE = (
+    # Orbax, reading one item of a CheckpointManager step (the encoder of a pre-training
+    # run): it looks for the step's metadata inside the item folder; it lives one level up.
+    "Metadata file does not exist",
+    # tfds, for the builders that read the user's own files: each file set is a custom
+    # config, and its cache folder has no dataset_info.json until it is first built.
+    "Using custom data configuration",
+    "Variant folder",
+)
+
+
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   parser = build_parser()
@@ -125,10 +137,7 @@ def main(argv=None) -> int:
                       datefmt="%H:%M:%S", force=True)
   for noisy in ("absl", "jax._src", "orbax", "tensorflow_datasets"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
-  # Reading one item of a CheckpointManager step (the encoder of a pre-training run)
-  # makes Orbax look for step metadata inside the item folder; it lives one level up.
-  logging.getLogger("absl").addFilter(
-      lambda r: not str(r.msg).startswith("Metadata file does not exist"))
+  logging.getLogger("absl").addFilter(lambda r: not str(r.msg).startswith(_EXPECTED_NOISE))
   from jaxbert.errors import UserError  # pylint: disable=g-import-not-at-top
   try:
     return args.fn(args, rest)
