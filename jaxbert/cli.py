@@ -121,7 +121,7 @@ _EXPECTED_NOISE = (
     # tfds, for the builders that read the user's own files: each file set is a custom
     # config, and its cache folder has no dataset_info.json until it is first built.
     "Using custom data configuration",
-    "Variant folder",
+    "Variant folder %s has no %s",
 )
 
 

@@ -24,7 +24,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # (preset, sequence length, batch): the base and large at 128 and 512 pieces.
@@ -41,19 +40,15 @@ def run_one(preset: str, seq_len: int, batch: int, args) -> dict:
       cmd += ["--peer", "hf-torch", "--peer-modes", args.peer_modes]
     env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
     print("$ " + " ".join(cmd), flush=True)
-    t = time.perf_counter()
     try:
       proc = subprocess.run(cmd, env=env, timeout=args.timeout, capture_output=True, text=True)
     except subprocess.TimeoutExpired:
       return {"error": f"timed out after {args.timeout} s"}
-    wall = time.perf_counter() - t
     sys.stdout.write(proc.stdout[-3000:])
     if proc.returncode != 0:
       return {"error": f"exit {proc.returncode}: " + proc.stderr.strip().splitlines()[-1][:200]}
     with open(out) as f:
-      result = json.load(f)
-    result["wall_s"] = wall
-    return result
+      return json.load(f)
 
 
 def table(results: list[tuple[str, dict]]) -> str:

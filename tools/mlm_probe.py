@@ -17,10 +17,9 @@ import sys
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
 from jaxbert.errors import UserError
-from jaxbert.handover import open_source
+from jaxbert.hf import read_checkpoint
 from jaxbert.model import BertForPreTraining
 
 
@@ -83,26 +82,24 @@ def main(argv=None) -> int:
   p.add_argument("--seed", type=int, default=0)
   args = p.parse_args(argv)
   try:
-    source = open_source(args.init)
-    if source.prefix != ("params",):
-      raise UserError(f"--init {args.init} is not a pre-training run (it has no MLM head)")
-    with ocp.PyTreeCheckpointer() as ckptr:
-      params = ckptr.restore(source.item_dir)["params"]
+    ckpt = read_checkpoint(args.init)
+    if "mlm" not in ckpt.params:
+      raise UserError(f"--init {args.init} has no MLM head (use a pre-training run)")
     texts = read_texts(args)
     if not texts:
       raise UserError("no examples to probe (check --text and --min-chars/--max-chars)")
   except UserError as e:
     print(f"mlm_probe: error: {e}", file=sys.stderr)
     return 2
-  batch, labels, weights = masked_rows(texts, source.tokenizer, args.seq_len, args.predictions,
+  batch, labels, weights = masked_rows(texts, ckpt.tokenizer, args.seq_len, args.predictions,
                                        args.seed)
-  model = BertForPreTraining(source.model_cfg)
-  logits = jax.jit(lambda b: model.apply({"params": params}, b)["mlm_logits"])(batch)
+  model = BertForPreTraining(ckpt.config)
+  logits = jax.jit(lambda b: model.apply({"params": ckpt.params}, b)["mlm_logits"])(batch)
   hits = (np.asarray(logits).argmax(-1) == labels) * weights
   majority = np.bincount(labels[weights > 0]).argmax()
-  print(f"{source.description}: {len(texts)} examples, {int(weights.sum())} masked pieces; "
+  print(f"{ckpt.description}: {len(texts)} examples, {int(weights.sum())} masked pieces; "
         f"MLM accuracy {hits.sum() / weights.sum():.4f}, most frequent piece "
-        f"({source.tokenizer.id_to_piece(int(majority))!r}) "
+        f"({ckpt.tokenizer.id_to_piece(int(majority))!r}) "
         f"{((labels == majority) * weights).sum() / weights.sum():.4f}")
   return 0
 
