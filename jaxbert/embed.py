@@ -157,11 +157,11 @@ def embed_lines(bundle_dir: str, input_file: str, output_file: str, pooling: str
                 batch_size: int = 64, max_seq_len: int = 128, progress: bool = True) -> EmbedReport:
   """Writes one embedding per line of `input_file` to `output_file` (.npy, float32 (N, H)).
 
-  `bundle_dir` is an import-hf bundle or a training run (see hf.read_checkpoint).
+  `bundle_dir` is an import-hf bundle or a training run (see handover.read_checkpoint).
   Empty lines get the embedding of `[CLS] [SEP]`; lines longer than max_seq_len - 2
   pieces are truncated; invalid UTF-8 bytes become U+FFFD. Each is counted and warned.
   """
-  from jaxbert.hf import read_checkpoint  # pylint: disable=g-import-not-at-top
+  from jaxbert.handover import read_checkpoint  # pylint: disable=g-import-not-at-top
   if pooling not in POOLINGS:
     raise UserError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
   lines, undecodable = read_lines(input_file)

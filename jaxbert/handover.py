@@ -19,7 +19,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from jaxbert.checkpoint import (MODEL_JSON, integrity_problem, read_model_json,
+from jaxbert.checkpoint import (MODEL_JSON, integrity_problem, load_bundle, read_model_json,
                                 write_tokenizer_files)
 from jaxbert.config import ConfigDict
 from jaxbert.errors import UserError
@@ -173,3 +173,70 @@ def load_encoder(source: Source, params, shardings):
       new={k: tuple(v.shape) for k, v in target.items() if k not in loaded},
       dropped={k: s for k, s in saved.items() if k not in loaded})
   return traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in merged.items()}), report
+
+
+# --- reading a checkpoint's parameters whole (export-hf, embed, tools) -----------
+
+@dataclasses.dataclass
+class Checkpoint:
+  """Parameters and what describes them, from a bundle or a training run."""
+
+  params: dict
+  config: BertConfig
+  tokenizer: object
+  head: str
+  extra: dict
+  description: str
+
+
+def _restore_params(item_dir: str, prefix: tuple[str, ...]) -> dict:
+  """Only the parameter subtree of a training state (no optimizer state), as numpy."""
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  try:
+    tree = ocp.PyTreeCheckpointHandler().metadata(epath.Path(item_dir))
+  except (FileNotFoundError, ValueError) as e:
+    raise UserError(f"cannot read the checkpoint at {item_dir} ({e})") from None
+  tree = tree.tree if hasattr(tree, "tree") else tree
+  item = tree
+  for key in prefix:
+    item = item[key]
+  for key in reversed(prefix):
+    item = {key: item}
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+  with ocp.PyTreeCheckpointer() as ckptr:
+    out = ckptr.restore(item_dir, args=ocp.args.PyTreeRestore(
+        item=item, restore_args=restore_args, partial_restore=True))
+  for key in prefix:
+    out = out[key]
+  return out
+
+
+def read_checkpoint(path: str) -> Checkpoint:
+  """A bundle (import-hf), a training workdir (its latest step) or one step folder."""
+  from jaxbert.data import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
+  from jaxbert.hf.names import bundle_head  # pylint: disable=g-import-not-at-top
+  path = os.path.abspath(path)
+  if os.path.isfile(os.path.join(path, MODEL_JSON)):
+    params, cfg, tokenizer, meta = load_bundle(path)
+    return Checkpoint(params, cfg, tokenizer, meta.get("head", "encoder"), meta.get("extra", {}),
+                      f"bundle {path}")
+  source = open_source(path)
+  workdir = os.path.dirname(os.path.dirname(os.path.dirname(source.item_dir)))
+  with open(os.path.join(workdir, "config.json")) as f:
+    run_config = json.load(f)
+  cfg = source.model_cfg
+  if run_config.get("init"):
+    # A fine-tuning run keeps the architecture of the checkpoint it started from.
+    model = run_config.get("model", {})
+    cfg = open_source(run_config["init"]).model_cfg.replace(
+        hidden_dropout=model.get("hidden_dropout", cfg.hidden_dropout),
+        attention_dropout=model.get("attention_dropout", cfg.attention_dropout))
+  cfg = cfg.replace(dtype="float32", remat=False)
+  params = _restore_params(source.item_dir, source.prefix)
+  heads = [h for h in ("mlm", "nsp", "classifier", "qa_outputs") if h in params]
+  kind = (tasks_lib.TFDS_TASKS.get(run_config.get("data", {}).get("task", ""))
+          if run_config.get("task") == "finetune" else None)
+  token = kind is not None and kind.kind == "token_classification"
+  architectures = ["BertForTokenClassification"] if token else []
+  return Checkpoint(params, cfg, source.tokenizer, bundle_head(heads, architectures), {},
+                    source.description)

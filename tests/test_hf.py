@@ -1,4 +1,4 @@
-"""Hugging Face import/export (jaxbert/hf.py), feature extraction (jaxbert/embed.py), parity tools.
+"""Hugging Face import/export (jaxbert/hf/), feature extraction (jaxbert/embed.py), parity tools.
 
 The checkpoints are tiny random ones in Hugging Face's layout, written here with
 safetensors' numpy API and named by hand (not from jaxbert's own table), so a wrong

@@ -117,7 +117,8 @@ def compare(hf_dir: str, bundle: str | None = None, *, tolerance: float = 1e-4,
   """Runs the checks and prints them; returns the numbers and `ok`."""
   torch, transformers = _import_peers()
   # pylint: disable-next=g-import-not-at-top
-  from jaxbert.hf import export_hf, import_hf, read_checkpoint
+  from jaxbert.handover import read_checkpoint
+  from jaxbert.hf import export_hf, import_hf
   torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
   results = {"ok": True}
   with tempfile.TemporaryDirectory() as tmp:

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from jaxbert.errors import UserError
-from jaxbert.hf import read_checkpoint
+from jaxbert.handover import read_checkpoint
 from jaxbert.model import BertForPreTraining
 
 
