@@ -39,7 +39,7 @@ class Source:
   description: str
 
 
-def _latest_step_dir(ckpt_root: str) -> str:
+def _latest_step_dir(ckpt_root: str, key: str) -> str:
   """The newest step folder whose files match their integrity record."""
   steps = sorted((int(n) for n in os.listdir(ckpt_root) if n.isdigit()), reverse=True)
   for step in steps:
@@ -49,16 +49,19 @@ def _latest_step_dir(ckpt_root: str) -> str:
       return step_dir
     log.warning("checkpoint %s is damaged: %s; trying an older one", step_dir, problem)
   raise UserError(f"{ckpt_root} holds no finished{' undamaged' if steps else ''} checkpoint; "
-                  "train longer or point config.init at another run")
+                  f"train longer or point {key} at another run")
 
 
-def open_source(init: str) -> Source:
-  """Resolves `config.init` to a readable source, or a UserError saying what was expected."""
+def open_source(init: str, key: str = "config.init") -> Source:
+  """Resolves `init` to a readable source, or a UserError saying what was expected.
+
+  `key` is what the user set to `init` (an option or argument), for the messages.
+  """
   from jaxbert.defaults import bert_config  # pylint: disable=g-import-not-at-top
   from jaxbert.tokenizer import load_tokenizer, padded_vocab_size  # pylint: disable=g-import-not-at-top
   path = os.path.abspath(init)
   if not os.path.exists(path):
-    raise UserError(f"config.init={init}: no such file or directory")
+    raise UserError(f"{key}={init}: no such file or directory")
   if os.path.isfile(os.path.join(path, MODEL_JSON)):  # an import-hf bundle
     meta = read_model_json(path)
     return Source(os.path.join(path, "params"), (), meta["model"],
@@ -67,12 +70,12 @@ def open_source(init: str) -> Source:
     step_dir, workdir = path, os.path.dirname(os.path.dirname(path))
     problem = integrity_problem(step_dir)
     if problem is not None:
-      raise UserError(f"config.init={init}: the checkpoint is damaged ({problem}); use another "
+      raise UserError(f"{key}={init}: the checkpoint is damaged ({problem}); use another "
                       "step, or the workdir to take its newest undamaged checkpoint")
   elif os.path.isdir(os.path.join(path, "checkpoints")):
-    step_dir, workdir = _latest_step_dir(os.path.join(path, "checkpoints")), path
+    step_dir, workdir = _latest_step_dir(os.path.join(path, "checkpoints"), key), path
   else:
-    raise UserError(f"config.init={init} is neither a training workdir (with checkpoints/), "
+    raise UserError(f"{key}={init} is neither a training workdir (with checkpoints/), "
                     f"a checkpoint step folder, nor a bundle (with {MODEL_JSON})")
   try:
     with open(os.path.join(workdir, "config.json")) as f:
@@ -211,16 +214,19 @@ def _restore_params(item_dir: str, prefix: tuple[str, ...]) -> dict:
   return out
 
 
-def read_checkpoint(path: str) -> Checkpoint:
-  """A bundle (import-hf), a training workdir (its latest step) or one step folder."""
+def read_checkpoint(path: str, key: str = "checkpoint") -> Checkpoint:
+  """A bundle (import-hf), a training workdir (its latest step) or one step folder.
+
+  `key` names `path` in error messages (the option or argument the user gave).
+  """
   from jaxbert.data import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
   from jaxbert.hf.names import bundle_head  # pylint: disable=g-import-not-at-top
-  path = os.path.abspath(path)
+  given, path = path, os.path.abspath(path)
   if os.path.isfile(os.path.join(path, MODEL_JSON)):
     params, cfg, tokenizer, meta = load_bundle(path)
     return Checkpoint(params, cfg, tokenizer, meta.get("head", "encoder"), meta.get("extra", {}),
                       f"bundle {path}")
-  source = open_source(path)
+  source = open_source(given, key)
   workdir = os.path.dirname(os.path.dirname(os.path.dirname(source.item_dir)))
   with open(os.path.join(workdir, "config.json")) as f:
     run_config = json.load(f)

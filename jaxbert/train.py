@@ -435,6 +435,10 @@ def train(config: ConfigDict, workdir: str, task: Task,
   else:
     start = int(state.step)
     log.info("resumed from %s at step %d", mngr.directory, start)
+    if not os.path.exists(os.path.join(workdir, "config.json")):
+      # Deleted or copied without it: nothing says which config made these checkpoints.
+      log.warning("%s has checkpoints but no config.json: resumed with this command's config, "
+                  "checked against the checkpoint's shapes only", workdir)
 
   # The workdir is this run's from now on (a run that failed before here leaves no claim).
   check_workdir_config(workdir, config)

@@ -1,6 +1,7 @@
 """The real pre-training path, small: corpus -> tokenizer -> instances -> sharded steps."""
 
 import json
+import logging
 import os
 import shutil
 
@@ -26,7 +27,8 @@ def test_run_writes_metrics_checkpoints_and_tokenizer(reference_run):
   assert step == 6
 
 
-def test_interrupted_run_resumes_bitwise(reference_run, corpus_file, tmp_path, monkeypatch):
+def test_interrupted_run_resumes_bitwise(reference_run, corpus_file, tmp_path, monkeypatch,
+                                         caplog):
   ref_dir, _ = reference_run
   workdir = str(tmp_path / "interrupted")
   real = pretrain.PretrainTask.batches
@@ -41,7 +43,10 @@ def test_interrupted_run_resumes_bitwise(reference_run, corpus_file, tmp_path, m
   with pytest.raises(KeyboardInterrupt):
     run(tiny_config(corpus_file), workdir, devices=jax.devices()[:1])
   assert final_params(workdir)[0] == 2
-  run(tiny_config(corpus_file), workdir, devices=jax.devices()[:1])
+  os.remove(os.path.join(workdir, "config.json"))  # resuming still works, with a warning
+  with caplog.at_level(logging.WARNING, logger="jaxbert"):
+    run(tiny_config(corpus_file), workdir, devices=jax.devices()[:1])
+  assert "has checkpoints but no config.json" in caplog.text
   _, ref = final_params(ref_dir)
   step, got = final_params(workdir)
   assert step == 6

@@ -82,7 +82,7 @@ def main(argv=None) -> int:
   p.add_argument("--seed", type=int, default=0)
   args = p.parse_args(argv)
   try:
-    ckpt = read_checkpoint(args.init)
+    ckpt = read_checkpoint(args.init, key="--init")
     if "mlm" not in ckpt.params:
       raise UserError(f"--init {args.init} has no MLM head (use a pre-training run)")
     texts = read_texts(args)
