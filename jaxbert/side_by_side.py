@@ -34,7 +34,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
@@ -44,9 +43,9 @@ from jaxbert.errors import UserError
 from jaxbert.finetune import FinetuneTask
 from jaxbert.optim import make_optimizer, make_schedule
 from jaxbert.checkpoint import tokenizer_files
-from jaxbert.train import (COUNTERS, MetricsLog, TrainState, check_workdir_config, checkpoint_manager,
-                           guarded_train_step, make_predict, restore_latest, save_checkpoint,
-                           skip_nonfinite)
+from jaxbert.checkpoint import checkpoint_manager, restore_latest, save_checkpoint
+from jaxbert.train import (COUNTERS, MetricsLog, TrainState, check_workdir_config,
+                           guarded_train_step, make_predict, skip_nonfinite)
 
 log = logging.getLogger("jaxbert")
 

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_pretrain_config
+from jaxbert import checkpoint as ckpt_lib
 from jaxbert import pretrain
 from jaxbert import train as train_lib
 from jaxbert.run import run
@@ -196,11 +197,12 @@ def test_loading_a_checkpoint_never_unpickles(lab, monkeypatch):
     monkeypatch.setattr(pickle, name, refuse)
   from jaxbert import handover
   step_dir = os.path.join(lab["pretrain_ref"], "checkpoints", "12")
-  assert train_lib._saved_state_metadata(step_dir) is not None
+  assert ckpt_lib._saved_state_metadata(step_dir) is not None
   _, state = kr.final_state(lab["pretrain_ref"])
   assert state and handover.open_source(lab["pretrain_ref"]).model_cfg.hidden_size == 32
-  sources = [os.path.join(REPO, "jaxbert", f) for f in os.listdir(os.path.join(REPO, "jaxbert"))
-             if f.endswith(".py")]
+  sources = [os.path.join(d, f) for d, _, files in os.walk(os.path.join(REPO, "jaxbert"))
+             for f in files if f.endswith(".py")]
+  assert len(sources) > 30  # the package and its subpackages (data/, hf/)
   assert not [f for f in sources if "import pickle" in open(f).read()]
 
 

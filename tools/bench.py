@@ -499,7 +499,7 @@ def main(argv=None):
 
   base = runners[0]
   if len(runners) > 1:
-    print(f"\nspeed ratios (median of per-round ratios; > 1: the row is faster):")
+    print("\nspeed ratios (median of per-round ratios; > 1: the row is faster):")
     for r in runners[1:]:
       print(f"  {r.name:34s} / {base.name}: {paired_ratio(r, base):.3f}")
     results["ratios"] = {}
