@@ -190,10 +190,14 @@ def prepare_text_corpus(source: str, data_dir: str) -> TextCorpus:
     builder = TextCorpus(config=config, data_dir=data_dir, file_format="array_record")
   builder.download_and_prepare()
   for path, count in (builder.info.metadata.get("decode_errors") or {}).items():
-    if count:
+    if count and path not in _WARNED_UNDECODABLE:  # once per process, not per read
+      _WARNED_UNDECODABLE.add(path)
       logger.warning("%s: %d undecodable byte sequence(s) replaced with U+FFFD "
                      "(the file is not valid UTF-8).", path, count)
   return builder
+
+
+_WARNED_UNDECODABLE: set[str] = set()
 
 
 # ----------------------------------------------------------------------------------

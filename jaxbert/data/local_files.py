@@ -120,9 +120,14 @@ def _read_text(file: str) -> str:
     text = raw.decode("utf-8-sig", "replace")
     # U+FFFD already in the file survives "ignore": the difference is the replacements.
     bad = text.count("\ufffd") - raw.decode("utf-8-sig", "ignore").count("\ufffd")
-    logger.warning("%s: %d undecodable byte sequence(s) replaced with U+FFFD (the file is not "
-                   "valid UTF-8).", file, bad)
+    if file not in _WARNED_UNDECODABLE:  # once per process: a file is read more than once
+      _WARNED_UNDECODABLE.add(file)
+      logger.warning("%s: %d undecodable byte sequence(s) replaced with U+FFFD (the file is "
+                     "not valid UTF-8).", file, bad)
     return text
+
+
+_WARNED_UNDECODABLE: set[str] = set()
 
 
 # ---------------------------------------------------------------------------
