@@ -20,6 +20,7 @@ writes and reads them.
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import hashlib
 import json
@@ -27,7 +28,7 @@ import logging
 import os
 import shutil
 import tempfile
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import numpy as np
@@ -105,17 +106,27 @@ def integrity_problem(directory: str) -> str | None:
 def save_bundle(directory: str, params, model_cfg: BertConfig, tokenizer, *, head: str,
                 extra: dict | None = None, overwrite: bool = False) -> None:
   """Writes params, config and tokenizer; the directory appears only when complete."""
+  with new_directory(directory, overwrite) as tmp:
+    with ocp.StandardCheckpointer() as ckptr:
+      ckptr.save(os.path.join(tmp, "params"), jax.tree.map(np.asarray, params))
+    tokenizer.save(os.path.join(tmp, "tokenizer"))
+    write_json_atomic(os.path.join(tmp, MODEL_JSON),
+                      {"model": model_cfg.to_dict(), "head": head, "extra": extra or {}})
+
+
+@contextlib.contextmanager
+def new_directory(directory: str, overwrite: bool = False) -> Iterator[str]:
+  """Yields DIRECTORY.partial to fill; it becomes `directory` only if the block finishes.
+
+  An existing `directory` is a UserError unless `overwrite`; it is replaced only at the end.
+  """
   directory = os.path.abspath(directory)
   if os.path.exists(directory) and not overwrite:
     raise UserError(f"{directory} already exists; choose another --out or remove it first")
   tmp = directory + ".partial"
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
-  with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(os.path.join(tmp, "params"), jax.tree.map(np.asarray, params))
-  tokenizer.save(os.path.join(tmp, "tokenizer"))
-  write_json_atomic(os.path.join(tmp, MODEL_JSON),
-                    {"model": model_cfg.to_dict(), "head": head, "extra": extra or {}})
+  yield tmp
   if os.path.exists(directory):
     shutil.rmtree(directory)
   os.replace(tmp, directory)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 
 import numpy as np
 from flax import traverse_util
 from safetensors import numpy as st_numpy
 
-from jaxbert.checkpoint import write_json_atomic
+from jaxbert.checkpoint import new_directory, write_json_atomic
 from jaxbert.errors import UserError
 from jaxbert.handover import read_checkpoint
 from jaxbert.hf.names import (HEAD_DESCRIPTIONS, ARCHITECTURES, HF_CONFIG, SAFETENSORS_FILE,
@@ -93,29 +92,22 @@ def export_hf(checkpoint: str, out_dir: str, architecture: str | None = None,
   dropped = sorted({"/".join(k[:2]) if k[0] == "bert" else k[0] for k in flat if k not in used})
 
   out_dir = os.path.abspath(out_dir)
-  if os.path.exists(out_dir) and not overwrite:
-    raise UserError(f"{out_dir} already exists; choose another --out or remove it first")
-  tmp = out_dir + ".partial"
-  shutil.rmtree(tmp, ignore_errors=True)
-  os.makedirs(tmp)
-  hf_config = {"architectures": [arch], **config_to_hf(cfg),
-               "pad_token_id": int(ckpt.tokenizer.pad_id)}
-  if "classifier" in arch_heads:
-    id2label = ckpt.extra.get("id2label") or {}
-    if len(id2label) != num_labels:
-      id2label = {str(i): f"LABEL_{i}" for i in range(num_labels)}
-    hf_config["id2label"] = id2label
-    hf_config["label2id"] = {v: int(k) for k, v in id2label.items()}
-    if arch == "BertForSequenceClassification" and num_labels == 1:
-      hf_config["problem_type"] = "regression"
-  write_json_atomic(os.path.join(tmp, HF_CONFIG), hf_config)
-  # save() + open() rather than save_file(), which creates the file readable by its owner only.
-  with open(os.path.join(tmp, SAFETENSORS_FILE), "wb") as f:
-    f.write(st_numpy.save(tensors, metadata={"format": "pt"}))
-  notes = _export_tokenizer(ckpt.tokenizer, tmp, cfg)
-  if os.path.exists(out_dir):
-    shutil.rmtree(out_dir)
-  os.replace(tmp, out_dir)
+  with new_directory(out_dir, overwrite) as tmp:
+    hf_config = {"architectures": [arch], **config_to_hf(cfg),
+                 "pad_token_id": int(ckpt.tokenizer.pad_id)}
+    if "classifier" in arch_heads:
+      id2label = ckpt.extra.get("id2label") or {}
+      if len(id2label) != num_labels:
+        id2label = {str(i): f"LABEL_{i}" for i in range(num_labels)}
+      hf_config["id2label"] = id2label
+      hf_config["label2id"] = {v: int(k) for k, v in id2label.items()}
+      if arch == "BertForSequenceClassification" and num_labels == 1:
+        hf_config["problem_type"] = "regression"
+    write_json_atomic(os.path.join(tmp, HF_CONFIG), hf_config)
+    # save() + open() rather than save_file(), which creates the file readable by its owner only.
+    with open(os.path.join(tmp, SAFETENSORS_FILE), "wb") as f:
+      f.write(st_numpy.save(tensors, metadata={"format": "pt"}))
+    notes = _export_tokenizer(ckpt.tokenizer, tmp, cfg)
   return ExportReport(source=ckpt.description, out_dir=out_dir, architecture=arch,
                       num_tensors=len(tensors),
                       num_parameters=int(sum(t.size for t in tensors.values())),
