@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
 
+from jaxbert.data import utf8
 from jaxbert.data.docstore import DocumentStore
 from jaxbert.errors import UserError
 from jaxbert.tokenizer import Tokenizer
@@ -93,18 +94,6 @@ class TextCorpusConfig(tfds.core.BuilderConfig):
   source: str = dataclasses.field(default="", repr=False)
 
 
-def _decode_line(raw: bytes) -> tuple[str, int]:
-  """UTF-8 text of `raw` and how many undecodable byte sequences were replaced."""
-  try:
-    return raw.decode("utf-8"), 0
-  except UnicodeDecodeError:
-    text = raw.decode("utf-8", "replace")
-    # U+FFFD already present in the input survives "ignore"; the difference is
-    # exactly the replacements made.
-    bad = text.count("\ufffd") - raw.decode("utf-8", "ignore").count("\ufffd")
-    return text, bad
-
-
 class TextCorpus(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """A user's text files as a tfds dataset: one example per document.
 
@@ -142,7 +131,7 @@ class TextCorpus(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       lines = []
       with open(path, "rb") as f:
         for raw in itertools.chain(f, [b""]):  # b"" flushes the last document
-          text, bad = _decode_line(raw)
+          text, bad = utf8.decode(raw)
           bad_total += bad
           text = text.strip()
           if text:
@@ -190,14 +179,8 @@ def prepare_text_corpus(source: str, data_dir: str) -> TextCorpus:
     builder = TextCorpus(config=config, data_dir=data_dir, file_format="array_record")
   builder.download_and_prepare()
   for path, count in (builder.info.metadata.get("decode_errors") or {}).items():
-    if count and path not in _WARNED_UNDECODABLE:  # once per process, not per read
-      _WARNED_UNDECODABLE.add(path)
-      logger.warning("%s: %d undecodable byte sequence(s) replaced with U+FFFD "
-                     "(the file is not valid UTF-8).", path, count)
+    utf8.warn_undecodable(path, count)
   return builder
-
-
-_WARNED_UNDECODABLE: set[str] = set()
 
 
 # ----------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jaxbert.data import utf8
 from jaxbert.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -113,21 +114,10 @@ def _read_text(file: str) -> str:
       raw = f.read()
   except FileNotFoundError:
     raise UserError(f"{file}: no such file") from None
-  try:
-    # utf-8-sig: GLUE's MRPC files start with a byte order mark.
-    return raw.decode("utf-8-sig")
-  except UnicodeDecodeError:
-    text = raw.decode("utf-8-sig", "replace")
-    # U+FFFD already in the file survives "ignore": the difference is the replacements.
-    bad = text.count("\ufffd") - raw.decode("utf-8-sig", "ignore").count("\ufffd")
-    if file not in _WARNED_UNDECODABLE:  # once per process: a file is read more than once
-      _WARNED_UNDECODABLE.add(file)
-      logger.warning("%s: %d undecodable byte sequence(s) replaced with U+FFFD (the file is "
-                     "not valid UTF-8).", file, bad)
-    return text
-
-
-_WARNED_UNDECODABLE: set[str] = set()
+  # utf-8-sig: GLUE's MRPC files start with a byte order mark.
+  text, bad = utf8.decode(raw, "utf-8-sig")
+  utf8.warn_undecodable(file, bad)
+  return text
 
 
 # ---------------------------------------------------------------------------
