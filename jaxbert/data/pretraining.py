@@ -4,7 +4,7 @@ The construction follows the original BERT recipe: walk each document's sentence
 gather a chunk up to a target length (sometimes a shorter random one), split it into
 segments A and B, replace B by text from another document half of the time (putting
 the unused sentences back), truncate the pair at random ends, then mask 15% of the
-pieces (80% [MASK], 10% a random piece, 10% unchanged).
+pieces (80% [MASK], 10% a random piece, 10% unchanged; jaxbert/data/masking.py).
 
 Unlike the original, nothing is written out: for every epoch a *plan* (integer token
 spans and labels only) is computed from (seed, epoch), and each example's mask is drawn
@@ -23,6 +23,7 @@ from typing import NamedTuple
 import numpy as np
 
 from jaxbert.data.docstore import DocumentStore
+from jaxbert.data.masking import Masker
 from jaxbert.errors import UserError
 
 # Separate random streams so that e.g. the masks never share draws with the plan.
@@ -247,23 +248,8 @@ class PretrainingExamples:
           f"the pre-training document store holds piece id {largest} but the "
           f"tokenizer has only {vocab_size} pieces: the store was built with "
           "another tokenizer; rebuild it with this one.")
-    # Specials inside the text (e.g. [UNK]) are never masked or predicted.
-    self._maskable = np.ones(vocab_size, bool)
-    self._maskable[specials] = False
-    if random_ids is None:
-      random_ids = np.flatnonzero(self._maskable)
-    self._random_ids = np.asarray(random_ids, np.int32)
-    if self._random_ids.size == 0 or np.any(~self._maskable[self._random_ids]):
-      raise ValueError("random_ids must be non-empty and hold no special ids")
-    if word_start is None:
-      if cfg.whole_word:
-        raise ValueError("whole_word masking needs the tokenizer's word_start table")
-    else:
-      word_start = np.asarray(word_start, bool)
-      if word_start.shape != (vocab_size,):
-        raise ValueError(f"word_start has shape {word_start.shape}, "
-                         f"expected ({vocab_size},)")
-    self._word_start = word_start
+    self.masker = Masker(cfg, vocab_size=vocab_size, special_ids=specials,
+                         mask_id=mask_id, word_start=word_start, random_ids=random_ids)
     self._index_arrays()
     self._reset_caches()
 
@@ -382,67 +368,14 @@ class PretrainingExamples:
     content = np.zeros(cfg.max_seq_len, bool)
     content[1:la + 1] = True
     content[b0:b0 + lb] = True
-    candidates = np.flatnonzero(content & self._maskable[ids])
-
-    rng = _rng(cfg.seed, epoch, _MASK_STREAM, index)
-    positions = self._choose(rng, ids, candidates)
-    masked_ids = ids[positions]
-    draw = rng.random(len(positions))
-    replacement = self._random_ids[
-        rng.integers(len(self._random_ids), size=len(positions))]
-    mask_token = draw < cfg.mask_token_prob
-    random_token = ~mask_token & (draw < cfg.mask_token_prob + cfg.random_token_prob)
-    ids[positions[mask_token]] = self.mask_id
-    ids[positions[random_token]] = replacement[random_token]
-
-    p = cfg.max_predictions_per_seq
-    m = len(positions)
-    masked_positions = np.zeros(p, np.int32)
-    masked_positions[:m] = positions
-    masked_ids_out = np.zeros(p, np.int32)
-    masked_ids_out[:m] = masked_ids
-    masked_weights = np.zeros(p, np.float32)
-    masked_weights[:m] = 1.0
+    masks = self.masker.mask(ids, content, _rng(cfg.seed, epoch, _MASK_STREAM, index))
     return {
         "input_ids": ids,
         "token_type_ids": token_type_ids,
         "attention_mask": attention_mask,
-        "masked_positions": masked_positions,
-        "masked_ids": masked_ids_out,
-        "masked_weights": masked_weights,
+        **masks,
         "next_sentence_label": np.asarray(plan.label[index], np.int32),
     }
-
-  def _choose(self, rng: np.random.Generator, ids: np.ndarray,
-              candidates: np.ndarray) -> np.ndarray:
-    """Sorted positions to predict, drawn from `candidates` (sorted)."""
-    cfg = self.cfg
-    n = len(candidates)
-    if n == 0:
-      return candidates
-    # Stochastic rounding keeps the expected share at exactly mask_prob.
-    budget = min(cfg.max_predictions_per_seq, n,
-                 max(1, int(n * cfg.mask_prob + rng.random())))
-    if not cfg.whole_word:
-      return np.sort(rng.choice(candidates, budget, replace=False))
-
-    # A word is a word-start piece and the non-start pieces after it; a word never
-    # continues across a segment boundary or a piece that cannot be masked.
-    starts = self._word_start[ids[candidates]]
-    starts[0] = True
-    starts[1:] |= np.diff(candidates) != 1
-    bounds = np.append(np.flatnonzero(starts), n).tolist()
-    chosen = []
-    total = 0
-    for w in rng.permutation(len(bounds) - 1).tolist():
-      if total >= budget:
-        break
-      size = bounds[w + 1] - bounds[w]
-      if total + size > budget:
-        continue  # as in BERT: skip words that would overshoot the budget
-      chosen.append(candidates[bounds[w]:bounds[w + 1]])
-      total += size
-    return np.sort(np.concatenate(chosen))
 
 
 class StreamSource:
