@@ -100,6 +100,9 @@ def finetune_config(task: str = "glue/sst2") -> ConfigDict:
   # A pre-training workdir, one of its checkpoints/<step> folders, or a `jaxbert import-hf`
   # bundle. The encoder comes from there (architecture, weights, tokenizer); heads are new.
   c.init = ""
+  # Parts of that encoder to initialise afresh instead of loading, comma-separated:
+  # "pooler" (tuned to next-sentence prediction) and/or "top:K" (the last K layers).
+  c.reinit = ""
   # Architecture for random initialisation only (with tokenizer.path); dropout, dtype and
   # remat apply in both cases.
   c.model = model_config("mini")

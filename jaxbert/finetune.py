@@ -82,6 +82,11 @@ class FinetuneTask:
     self.batch_sharding = shd.batch_sharding(mesh)
     d = config.data
     self.source = handover.open_source(config.init) if config.init else None
+    if config.reinit and self.source is None:
+      raise UserError(f"config.reinit={config.reinit!r} re-initialises parts of a pre-trained "
+                      "encoder, but config.init is empty; set config.init or drop config.reinit")
+    if self.source is not None:
+      handover.reinit_prefixes(config.reinit, self.source.model_cfg.num_layers)  # fail early
     if self.source is not None:
       self.tokenizer = self.source.tokenizer
       base_cfg = self.source.model_cfg
@@ -188,7 +193,8 @@ class FinetuneTask:
   def init_params(self, params, param_shardings):
     if self.source is None:
       return params
-    params, report = handover.load_encoder(self.source, params, param_shardings)
+    params, report = handover.load_encoder(self.source, params, param_shardings,
+                                           reinit=self.config.reinit)
     if jax.process_index() == 0:
       print(report.describe())
       write_json_atomic(os.path.join(self.workdir, "handover.json"), report.to_dict())

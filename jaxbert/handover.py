@@ -104,26 +104,51 @@ def _checkpoint_tokenizer(step_dir: str) -> str | None:
   return unpacked
 
 
+def reinit_prefixes(reinit: str, num_layers: int, key: str = "config.reinit") -> tuple[str, ...]:
+  """Parameter-path prefixes that `reinit` ("pooler", "top:K", comma-separated) names.
+
+  Re-initialising the pooler and the top layers (Zhang et al., 2021, "Revisiting
+  Few-sample BERT Fine-tuning") discards what is most specific to the pre-training
+  tasks, e.g. a pooler tuned to next-sentence prediction.
+  """
+  prefixes = []
+  for part in (p.strip() for p in reinit.split(",") if p.strip()):
+    k = part[4:] if part.startswith("top:") else None
+    if part == "pooler":
+      prefixes.append("bert/pooler/")
+    elif k is not None and k.isdigit() and 1 <= int(k) <= num_layers:
+      prefixes += [f"bert/encoder/layer_{i}/" for i in range(num_layers - int(k), num_layers)]
+    else:
+      raise UserError(f"{key}={reinit!r}: {part!r} is not valid; give \"pooler\" and/or "
+                      f"\"top:K\" with 1 <= K <= {num_layers} (the encoder's layers), "
+                      "comma-separated, or \"\" to load the whole encoder")
+  return tuple(prefixes)
+
+
 @dataclasses.dataclass
 class HandoverReport:
   source: str
   loaded: dict[str, tuple]
   new: dict[str, tuple]
   dropped: dict[str, tuple]
+  reinitialised: dict[str, tuple] = dataclasses.field(default_factory=dict)
 
   def to_dict(self):
     count = lambda d: int(sum(np.prod(s, dtype=np.int64) for s in d.values()))
     return {"source": self.source,
             **{k: {"tensors": len(v), "parameters": count(v), "paths": sorted(v)}
-               for k, v in (("loaded", self.loaded), ("new", self.new), ("dropped", self.dropped))}}
+               for k, v in (("loaded", self.loaded), ("new", self.new), ("dropped", self.dropped),
+                            ("reinitialised", self.reinitialised))}}
 
   def describe(self) -> str:
     d = self.to_dict()
     lines = [f"hand-over from {self.source}:"]
-    for k in ("loaded", "new", "dropped"):
-      heads = sorted({p.split("/")[0] if not p.startswith("bert/") else "/".join(p.split("/")[:2])
+    # "reinitialised" (config.reinit) is the part of "new" that the source had.
+    for k in ("loaded", "new", "dropped") + (("reinitialised",) if self.reinitialised else ()):
+      depth = 3 if k == "reinitialised" else 2  # bert/encoder/layer_3, not bert/encoder
+      heads = sorted({p.split("/")[0] if not p.startswith("bert/") else "/".join(p.split("/")[:depth])
                       for p in d[k]["paths"]})
-      lines.append(f"  {k:8s} {d[k]['tensors']:4d} tensors {d[k]['parameters']:>12,d} parameters"
+      lines.append(f"  {k:13s} {d[k]['tensors']:4d} tensors {d[k]['parameters']:>12,d} parameters"
                    + (f"  ({', '.join(heads)})" if heads and k != "loaded" else ""))
     return "\n".join(lines)
 
@@ -132,8 +157,11 @@ def _flat(tree) -> dict[str, object]:
   return {"/".join(k): v for k, v in traverse_util.flatten_dict(tree).items()}
 
 
-def load_encoder(source: Source, params, shardings):
-  """params with every `bert/...` leaf the source has replaced by the pre-trained value."""
+def load_encoder(source: Source, params, shardings, reinit: str = ""):
+  """params with every `bert/...` leaf the source has replaced by the pre-trained value.
+
+  Leaves under `reinit` (see `reinit_prefixes`) keep their fresh initialisation.
+  """
   with ocp.PyTreeCheckpointer() as ckptr:
     try:
       meta = ckptr.metadata(source.item_dir)
@@ -145,7 +173,10 @@ def load_encoder(source: Source, params, shardings):
     saved = {k: tuple(v.shape) for k, v in _flat(tree).items()}
     target = _flat(params)
     target_sh = _flat(shardings)
-    loaded = {k: saved[k] for k in target if k.startswith("bert/") and k in saved}
+    skip = reinit_prefixes(reinit, source.model_cfg.num_layers)
+    fresh = {k: saved[k] for k in target if k in saved and k.startswith(skip)} if skip else {}
+    loaded = {k: saved[k] for k in target
+              if k.startswith("bert/") and k in saved and k not in fresh}
     for k, shape in loaded.items():
       if tuple(target[k].shape) != shape:
         raise UserError(f"{source.description}: pre-trained tensor {k} has shape {shape} but "
@@ -174,7 +205,8 @@ def load_encoder(source: Source, params, shardings):
   report = HandoverReport(
       source=source.description, loaded=loaded,
       new={k: tuple(v.shape) for k, v in target.items() if k not in loaded},
-      dropped={k: s for k, s in saved.items() if k not in loaded})
+      dropped={k: s for k, s in saved.items() if k not in loaded and k not in fresh},
+      reinitialised=fresh)
   return traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in merged.items()}), report
 
 

@@ -66,6 +66,41 @@ def test_finetune_from_pretraining_run(reference_run, task_dir, tmp_path, capsys
   assert "hand-over from run" in capsys.readouterr().out
 
 
+def test_reinit_keeps_fresh_values_for_the_pooler_and_top_layers(reference_run):
+  from jaxbert import handover
+  pre_dir, _ = reference_run
+  source = handover.open_source(pre_dir)
+  top = source.model_cfg.num_layers - 1
+  _, saved = final_params(pre_dir)
+  # A fine-tuning target: the pre-trained encoder's shapes, every value -7, and a head.
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = {k: np.full(v.shape, -7.0, v.dtype) for k, v in saved.items() if k[0] == "bert"}
+  target[("classifier", "kernel")] = np.full((4, 2), -7.0, np.float32)
+  unflat = lambda d: traverse_util.unflatten_dict(d)
+  params, report = handover.load_encoder(
+      source, unflat(target), unflat({k: sharding for k in target}), reinit="pooler, top:1")
+  params = traverse_util.flatten_dict(params)
+  fresh = lambda k: k[1] == "pooler" or k[1:3] == ("encoder", f"layer_{top}")
+  assert any(fresh(k) for k in target) and any(not fresh(k) for k in target if k[0] == "bert")
+  for k in target:
+    expected = target[k] if fresh(k) or k[0] != "bert" else saved[k]
+    np.testing.assert_array_equal(np.asarray(params[k]), expected, err_msg="/".join(k))
+  assert sorted(report.reinitialised) == sorted("/".join(k) for k in target if fresh(k))
+  assert set(report.reinitialised) <= set(report.new)
+  assert not set(report.reinitialised) & set(report.dropped)
+  assert "reinitialised" in report.describe() and "bert/encoder/layer_" in report.describe()
+  for bad in ("pooler,top:0", f"top:{top + 2}", "poolr"):
+    with pytest.raises(UserError, match="config.reinit=.*top:K"):
+      handover.reinit_prefixes(bad, top + 1)
+
+
+def test_reinit_without_init_is_a_user_error(task_dir, tmp_path):
+  c = tiny_finetune_config("", task_dir)
+  c.reinit = "pooler"
+  with pytest.raises(UserError, match="config.init is empty"):
+    run(c, str(tmp_path / "w"), devices=jax.devices()[:1])
+
+
 def test_encoder_freeze_leaves_every_encoder_leaf_bitwise_unchanged(reference_run, task_dir, tmp_path):
   pre_dir, _ = reference_run
   workdir = str(tmp_path / "frozen")
