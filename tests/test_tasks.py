@@ -12,6 +12,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from conftest import shared_data_or_skip
+from jaxbert.data import encoding
 from jaxbert.data import qa
 from jaxbert.data import tasks
 from jaxbert.errors import UserError
@@ -100,7 +101,7 @@ def _gold_logits(task_data, big=10.0):
 
 def test_pair_encoding_layout():
   tok = FakeTokenizer()
-  arrays, truncated = tasks.encode_texts([("hello world", "foo"), ("hi", "")], tok, 12)
+  arrays, truncated = encoding.encode_texts([("hello world", "foo"), ("hi", "")], tok, 12)
   assert truncated == 0
   assert _pieces(tok, arrays["input_ids"][0]) == [
       "[CLS]", "hel", "##lo", "wor", "##ld", "[SEP]", "foo", "[SEP]",
@@ -109,7 +110,7 @@ def test_pair_encoding_layout():
   assert arrays["attention_mask"][0].tolist() == [1] * 8 + [0] * 4
   # An empty second text still gets its [SEP].
   assert _pieces(tok, arrays["input_ids"][1][:4]) == ["[CLS]", "hi", "[SEP]", "[SEP]"]
-  single, _ = tasks.encode_texts([("foo bar",)], tok, 6)
+  single, _ = encoding.encode_texts([("foo bar",)], tok, 6)
   assert _pieces(tok, single["input_ids"][0]) == [
       "[CLS]", "foo", "bar", "[SEP]", "[PAD]", "[PAD]"]
   assert single["token_type_ids"].sum() == 0
@@ -128,10 +129,10 @@ def test_longest_first_truncation_matches_bert_popping():
   for budget in range(1, 9):
     for la in range(10):
       for lb in range(10):
-        assert tasks._truncated_lengths(la, lb, budget) == pop_loop(la, lb, budget)
+        assert encoding.truncated_lengths(la, lb, budget) == pop_loop(la, lb, budget)
   tok = FakeTokenizer()
   a = "a b c d e f g h"
-  arrays, truncated = tasks.encode_texts([(a, "x y"), ("x y", a), ("p", "q")], tok, 9)
+  arrays, truncated = encoding.encode_texts([(a, "x y"), ("x y", a), ("p", "q")], tok, 9)
   assert truncated == 2
   # budget 6: the 8-word side is cut to 4, the 2-word side stays.
   assert _pieces(tok, arrays["input_ids"][0]) == [

@@ -2,7 +2,7 @@
 
 `load_task` reads one split of a task (a tfds dataset by name, or the user's own
 files, see `jaxbert.data.local_files`) and encodes it into numpy arrays of
-sequence length T:
+sequence length T (`jaxbert.data.encoding`):
 
 - classification / regression: `[CLS] a [SEP]` or `[CLS] a [SEP] b [SEP]`,
   the longer text cut first when the pair does not fit (as the original BERT);
@@ -23,12 +23,13 @@ import dataclasses
 import json
 import os
 import re
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxbert import metrics
+from jaxbert.data import encoding
 from jaxbert.data import local_files
 from jaxbert.data import qa
 from jaxbert.errors import UserError
@@ -226,93 +227,6 @@ def _local_spec(path: str, src: local_files.LocalSource) -> TaskSpec:
 
 
 # ---------------------------------------------------------------------------
-# Encoding.
-
-
-def _fill(rows: Sequence[Sequence[int]], types: Sequence[Sequence[int]], t: int,
-          pad_id: int) -> dict[str, np.ndarray]:
-  n = len(rows)
-  out = {"input_ids": np.full((n, t), pad_id, np.int32),
-         "token_type_ids": np.zeros((n, t), np.int32),
-         "attention_mask": np.zeros((n, t), np.int32)}
-  for i, (row, typ) in enumerate(zip(rows, types)):
-    out["input_ids"][i, :len(row)] = row
-    out["token_type_ids"][i, :len(row)] = typ
-    out["attention_mask"][i, :len(row)] = 1
-  return out
-
-
-def _truncated_lengths(la: int, lb: int, budget: int) -> tuple[int, int]:
-  """Lengths after BERT's longest-first cut: pop from the longer side (the
-  second on ties) until the pair fits in `budget` pieces."""
-  if la + lb <= budget:
-    return la, lb
-  short = min(la, lb)
-  if budget - short >= short:  # cutting the longer side alone is enough
-    return (budget - short, lb) if la > lb else (la, budget - short)
-  return (budget + 1) // 2, budget // 2  # both reach equal length, then alternate
-
-
-def encode_texts(texts: Sequence[tuple[str, ...]], tokenizer, max_seq_len: int):
-  """Single or pair encoding -> ({input_ids, token_type_ids, attention_mask}, truncated).
-
-  `[CLS] a [SEP]` or `[CLS] a [SEP] b [SEP]` with token type 1 on `b [SEP]`; a
-  text (pair) that does not fit is cut longest-first, as in the original BERT.
-  """
-  pair = bool(texts) and len(texts[0]) == 2
-  a_ids = tokenizer.encode_batch([x[0] for x in texts])
-  b_ids = tokenizer.encode_batch([x[1] for x in texts]) if pair else [[]] * len(texts)
-  budget = max_seq_len - (3 if pair else 2)
-  rows, types, truncated = [], [], 0
-  cls, sep = tokenizer.cls_id, tokenizer.sep_id
-  for a, b in zip(a_ids, b_ids):
-    la, lb = _truncated_lengths(len(a), len(b), budget)
-    truncated += (la, lb) != (len(a), len(b))
-    a, b = list(a[:la]), list(b[:lb])
-    row = [cls] + a + [sep] + (b + [sep] if pair else [])
-    rows.append(row)
-    types.append([0] * (la + 2) + [1] * (len(row) - la - 2))
-  return _fill(rows, types, max_seq_len, tokenizer.pad_id), truncated
-
-
-def _encode_words(examples, tokenizer, max_seq_len):
-  """NER rows: tag on each word's first piece.
-
-  Counts: truncated = sentences that lost pieces, truncated_words = words
-  whose first piece did not fit (decoded as "O").
-  """
-  words = [w for ex in examples for w in ex["tokens"]]
-  pieces = tokenizer.encode_batch(words)
-  t = max_seq_len
-  rows, types = [], []
-  labels = np.zeros((len(examples), t), np.int32)
-  weights = np.zeros((len(examples), t), np.float32)
-  truncated = truncated_words = 0
-  k = 0
-  for i, ex in enumerate(examples):
-    row, cut = [tokenizer.cls_id], False
-    for w, tag in enumerate(ex["tags"]):
-      p = list(pieces[k + w]) or [tokenizer.unk_id]  # a word always gets a position
-      room = t - 1 - len(row)  # keep one slot for [SEP]
-      if room < 1:
-        cut = True
-        truncated_words += len(ex["tags"]) - w
-        break
-      labels[i, len(row)] = tag
-      weights[i, len(row)] = 1.0
-      cut |= len(p) > room
-      row += p[:room]
-    truncated += cut
-    k += len(ex["tags"])
-    row.append(tokenizer.sep_id)
-    rows.append(row)
-    types.append([0] * len(row))
-  arrays = _fill(rows, types, t, tokenizer.pad_id)
-  arrays.update(token_labels=labels, token_label_weights=weights)
-  return arrays, {"truncated": truncated, "truncated_words": truncated_words}
-
-
-# ---------------------------------------------------------------------------
 # Loading.
 
 
@@ -372,12 +286,12 @@ def load_task(name_or_path: str, *, split: str, tokenizer, max_seq_len: int,
   counts["examples"] = len(examples)
   metadata: dict[str, Any] = {}
   if spec.kind in ("classification", "regression"):
-    arrays, counts["truncated"] = encode_texts([ex["texts"] for ex in examples],
+    arrays, counts["truncated"] = encoding.encode_texts([ex["texts"] for ex in examples],
                                                tokenizer, max_seq_len)
     dtype = np.int32 if spec.kind == "classification" else np.float32
     arrays["label"] = np.asarray([ex["label"] for ex in examples], dtype).reshape(-1)
   elif spec.kind == "token_classification":
-    arrays, more = _encode_words(examples, tokenizer, max_seq_len)
+    arrays, more = encoding.encode_words(examples, tokenizer, max_seq_len)
     counts.update(more)
   else:
     arrays, metadata, more = qa.prepare_qa(
