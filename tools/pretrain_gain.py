@@ -1,0 +1,127 @@
+"""What pre-training buys: a pre-training run's encoder against random initialisation.
+
+    .venv/bin/python tools/pretrain_gain.py --init runs/mini --root runs/ft
+    .venv/bin/python tools/pretrain_gain.py --init runs/mini --root runs/ft --reinit pooler
+
+For each recipe below, two `jaxbert sweep`s with identical settings (task, training
+subset, sequence length, epochs, batch, learning rates, key stream): one starts from
+the encoder of the pre-training workdir --init, the other from random initialisation
+with the same architecture (its config.json) and tokenizer (its tokenizer/ folder).
+Each command is printed before it runs; a sweep whose workdir is finished is not run
+again (a sweep resumes). `--reinit` re-initialises parts of the pre-trained encoder
+(`config.reinit`) on the pre-trained side only. Printed, and written to
+ROOT/gain.md: each learning rate's validation score from both starts, and the best
+of one against the best of the other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# name -> (config file, training split or "" for the config's, epochs, learning rates).
+RECIPES = {
+    "sst2_16k": ("sst2", "train[:16000]", 1, [3e-4, 1e-3]),
+    "sst2_2k": ("sst2", "train[:2000]", 3, [3e-4, 1e-3]),
+    "conll": ("conll2003", "", 1, [3e-4]),
+}
+COMMON = ["--config.data.max_seq_len=64", "--config.train.prng_impl=rbg"]
+METRIC = {"sst2": "accuracy", "conll2003": "f1"}
+
+
+def command(recipe: str, workdir: str, start: list[str]) -> list[str]:
+  config, split, epochs, lrs = RECIPES[recipe]
+  cmd = ["jaxbert", "sweep", "--config", f"configs/finetune/{config}.py", "--workdir", workdir,
+         *start, *COMMON]
+  if split:
+    cmd.append(f"--config.data.train_split={split}")
+  return cmd + [f"--config.train.epochs={epochs}",
+                f"--config.sweep.space.optim.lr=[{','.join(f'{lr:g}' for lr in lrs)}]"]
+
+
+def scores(workdir: str, metric: str) -> dict[float, float]:
+  """lr -> validation score from a finished sweep's results.csv."""
+  with open(os.path.join(workdir, "results.csv")) as f:
+    return {float(r["optim.lr"]): float(r[metric]) for r in csv.DictReader(f)}
+
+
+def random_start(init: str) -> list[str]:
+  """Flags for random initialisation with the architecture and tokenizer of `init`."""
+  config_file, tokenizer = os.path.join(init, "config.json"), os.path.join(init, "tokenizer")
+  if not (os.path.isfile(config_file) and os.path.isdir(tokenizer)):
+    sys.exit(f"--init={init} is not a pre-training workdir (it needs config.json and "
+             "tokenizer/); point it at the --workdir of a `jaxbert pretrain` run")
+  with open(config_file) as f:
+    model = json.load(f)["model"]
+  if not model.get("preset") or model.get("override_preset_sizes"):
+    sys.exit(f"{config_file}: the run does not use a plain model preset, which this tool "
+             "copies to the random side; compare by hand with --config.model.* flags")
+  return ["--config.init=", f"--config.tokenizer.path={tokenizer}",
+          f"--config.model.preset={model['preset']}"]
+
+
+def main() -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--init", required=True, help="a `jaxbert pretrain` workdir")
+  p.add_argument("--root", required=True, help="the sweeps' workdirs are made under it")
+  p.add_argument("--recipes", default=",".join(RECIPES))
+  p.add_argument("--reinit", default="", help="config.reinit for the pre-trained side")
+  p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+  args = p.parse_args()
+  recipes = [r for r in args.recipes.split(",") if r]
+  unknown = sorted(set(recipes) - set(RECIPES))
+  if unknown:
+    p.error(f"unknown recipe(s) {unknown}; known: {sorted(RECIPES)}")
+  starts = {"pretrained": [f"--config.init={args.init}"]
+                          + ([f"--config.reinit={args.reinit}"] if args.reinit else []),
+            "random": random_start(args.init)}
+  suffix = {"pretrained": "_reinit_" + args.reinit.replace(",", "_").replace(":", "")
+                          if args.reinit else "", "random": ""}
+  bin_dir = os.path.dirname(sys.executable)
+  rows = []
+  for recipe in recipes:
+    config, split, epochs, _ = RECIPES[recipe]
+    got = {}
+    for side in ("pretrained", "random"):
+      workdir = os.path.join(args.root, f"{recipe}_{side}{suffix[side]}")
+      if args.dry_run or not os.path.exists(os.path.join(workdir, "results.csv")):
+        cmd = command(recipe, workdir, starts[side])
+        print("$ " + " ".join(f"'{c}'" if "[" in c else c for c in cmd), flush=True)
+        if args.dry_run:
+          continue
+        if subprocess.call([os.path.join(bin_dir, cmd[0]), *cmd[1:]], cwd=REPO) != 0:
+          print(f"{recipe} ({side}) failed; its sweep resumes when this is run again",
+                file=sys.stderr)
+          return 1
+      got[side] = scores(workdir, METRIC[config])
+    if args.dry_run:
+      continue
+    what = f"{config} {split or 'train'}, {epochs} epoch(s), {METRIC[config]}"
+    for lr in sorted(got["random"]):
+      rows.append(f"| {what} | {lr:g} | {100 * got['pretrained'][lr]:.2f} | "
+                  f"{100 * got['random'][lr]:.2f} | |")
+      what = ""
+    best = {side: max(v.values()) for side, v in got.items()}
+    rows.append(f"| | best | {100 * best['pretrained']:.2f} | {100 * best['random']:.2f} | "
+                f"**{100 * (best['pretrained'] - best['random']):+.2f}** |")
+  head = f"from `{args.init}`" + (f" (reinit {args.reinit})" if args.reinit else "")
+  table = "\n".join([f"| recipe | lr | {head} | from random init | gain |",
+                     "|---|---:|---:|---:|---:|", *rows])
+  if args.dry_run:
+    return 0
+  print(table)
+  os.makedirs(args.root, exist_ok=True)
+  name = "gain" + suffix["pretrained"] + ".md"
+  with open(os.path.join(args.root, name), "w") as f:
+    f.write(table + "\n")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
