@@ -87,7 +87,6 @@ class FinetuneTask:
                       "encoder, but config.init is empty; set config.init or drop config.reinit")
     if self.source is not None:
       handover.reinit_prefixes(config.reinit, self.source.model_cfg.num_layers)  # fail early
-    if self.source is not None:
       self.tokenizer = self.source.tokenizer
       base_cfg = self.source.model_cfg
       if config.tokenizer.path:

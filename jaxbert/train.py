@@ -199,17 +199,28 @@ def check_workdir_config(workdir: str, config: ConfigDict, record: bool = True) 
   current = json.loads(json.dumps(config.to_dict(), default=str))
   if os.path.exists(path):
     with open(path) as f:
-      previous = json.load(f)
-    diffs = [k for k in sorted(set(_flatten(previous)) | set(_flatten(current)))
-             if k not in RESUMABLE_CHANGES and _flatten(previous).get(k) != _flatten(current).get(k)]
+      previous = _flatten(json.load(f))
+    now = _flatten(current)
+    # A key added to jaxbert after the run started is absent from its config.json; at its
+    # default value it changes nothing, so the run still resumes.
+    defaults = _default_keys(config)
+    previous.update({k: defaults[k] for k in now if k not in previous and k in defaults})
+    diffs = [k for k in sorted(set(previous) | set(now))
+             if k not in RESUMABLE_CHANGES and previous.get(k) != now.get(k)]
     if diffs:
-      shown = ", ".join(f"{k}: {_flatten(previous).get(k)!r} -> {_flatten(current).get(k)!r}"
-                        for k in diffs[:5])
+      shown = ", ".join(f"{k}: {previous.get(k)!r} -> {now.get(k)!r}" for k in diffs[:5])
       raise UserError(f"{workdir} holds a run with a different config ({shown}); "
                       "use a new --workdir, or the same config to resume")
   if record and jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     write_json_atomic(path, current)
+
+
+def _default_keys(config: ConfigDict) -> dict[str, Any]:
+  """The flattened defaults of a run config of the same kind (jaxbert/defaults.py)."""
+  from jaxbert import defaults  # pylint: disable=g-import-not-at-top
+  make = defaults.pretrain_config if config.get("task") == "pretrain" else defaults.finetune_config
+  return _flatten(json.loads(json.dumps(make().to_dict(), default=str)))
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:

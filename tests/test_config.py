@@ -63,3 +63,24 @@ def test_free_form_option_groups_take_new_keys():
   c = finetune_config("squad/v1.1")
   C.apply_overrides(c, ["--config.data.eval_options.article_split=(0.8, 1.0)"])
   assert c.data.eval_options.article_split == (0.8, 1.0)
+
+
+def test_resume_accepts_a_key_added_since_the_run_only_at_its_default(tmp_path):
+  import json
+  from jaxbert.defaults import finetune_config
+  from jaxbert.train import check_workdir_config
+  path = tmp_path / "config.json"
+
+  def older_run():  # config.json as written before `reinit` existed
+    old = json.loads(path.read_text())
+    del old["reinit"]
+    path.write_text(json.dumps(old))
+
+  config = finetune_config()
+  check_workdir_config(str(tmp_path), config)
+  older_run()
+  check_workdir_config(str(tmp_path), config)  # the default: resumes
+  older_run()
+  config.reinit = "pooler"
+  with pytest.raises(UserError, match="different config \\(reinit: '' -> 'pooler'\\)"):
+    check_workdir_config(str(tmp_path), config)
