@@ -62,6 +62,17 @@ def command(task: str, init: str, workdir: str, extra: list[str]) -> list[str]:
           "--workdir", workdir, f"--config.init={init}", *overrides, *COMMON, *extra]
 
 
+def show(cmd: list[str]) -> None:
+  """Prints a jaxbert command as it can be pasted into a shell."""
+  print("$ " + " ".join(f"'{c}'" if "[" in c else c for c in cmd), flush=True)
+
+
+def run_jaxbert(cmd: list[str]) -> int:
+  """Runs `jaxbert ...` from this Python's environment in the repository root."""
+  bin_dir = os.path.dirname(sys.executable)
+  return subprocess.call([os.path.join(bin_dir, cmd[0]), *cmd[1:]], cwd=REPO)
+
+
 def main() -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--init", required=True, help="checkpoint to start from (bundle or workdir)")
@@ -73,7 +84,6 @@ def main() -> int:
   unknown = sorted(set(tasks) - set(RECIPES))
   if unknown:
     p.error(f"unknown task(s) {unknown}; known: {sorted(RECIPES)}")
-  bin_dir = os.path.dirname(sys.executable)
   rows = []
   for task in tasks:
     workdir = os.path.join(args.root, task)
@@ -81,9 +91,9 @@ def main() -> int:
     results = os.path.join(workdir, "results.json")
     wall_file = os.path.join(workdir, "wall_seconds.txt")
     if not os.path.exists(results):
-      print("$ " + " ".join(f"'{c}'" if "[" in c else c for c in cmd), flush=True)
+      show(cmd)
       t0 = time.perf_counter()
-      rc = subprocess.call([os.path.join(bin_dir, cmd[0]), *cmd[1:]], cwd=REPO)
+      rc = run_jaxbert(cmd)
       if rc != 0:
         print(f"{task}: exit status {rc}", file=sys.stderr)
         continue

@@ -20,10 +20,9 @@ import argparse
 import csv
 import json
 import os
-import subprocess
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from finetune_table import run_jaxbert, show  # tools/ is on sys.path for a script
 
 # name -> (config file, training split or "" for the config's, epochs, learning rates).
 RECIPES = {
@@ -83,7 +82,6 @@ def main() -> int:
             "random": random_start(args.init)}
   suffix = {"pretrained": "_reinit_" + args.reinit.replace(",", "_").replace(":", "")
                           if args.reinit else "", "random": ""}
-  bin_dir = os.path.dirname(sys.executable)
   rows = []
   for recipe in recipes:
     config, split, epochs, _ = RECIPES[recipe]
@@ -92,10 +90,10 @@ def main() -> int:
       workdir = os.path.join(args.root, f"{recipe}_{side}{suffix[side]}")
       if args.dry_run or not os.path.exists(os.path.join(workdir, "results.csv")):
         cmd = command(recipe, workdir, starts[side])
-        print("$ " + " ".join(f"'{c}'" if "[" in c else c for c in cmd), flush=True)
+        show(cmd)
         if args.dry_run:
           continue
-        if subprocess.call([os.path.join(bin_dir, cmd[0]), *cmd[1:]], cwd=REPO) != 0:
+        if run_jaxbert(cmd) != 0:
           print(f"{recipe} ({side}) failed; its sweep resumes when this is run again",
                 file=sys.stderr)
           return 1
