@@ -1,10 +1,9 @@
 """Dynamic BERT pre-training examples: sentence pairs and masks from (seed, epoch, index).
 
-The construction follows the original BERT recipe: walk each document's sentences,
-gather a chunk up to a target length (sometimes a shorter random one), split it into
-segments A and B, replace B by text from another document half of the time (putting
-the unused sentences back), truncate the pair at random ends, then mask 15% of the
-pieces (80% [MASK], 10% a random piece, 10% unchanged; jaxbert/data/masking.py).
+The construction follows the original BERT recipe: sentence pairs, half of them with
+segment B from another document, truncated at random ends (jaxbert/data/nsp_pairs.py),
+then 15% of the pieces masked (80% [MASK], 10% a random piece, 10% unchanged;
+jaxbert/data/masking.py).
 
 Unlike the original, nothing is written out: for every epoch a *plan* (integer token
 spans and labels only) is computed from (seed, epoch), and each example's mask is drawn
@@ -24,22 +23,9 @@ import numpy as np
 
 from jaxbert.data.docstore import DocumentStore
 from jaxbert.data.masking import Masker
+from jaxbert.data.nsp_pairs import (HELDOUT_STREAM, MASK_STREAM, EpochPlan, plan_epoch,
+                                     stream_rng)
 from jaxbert.errors import UserError
-
-# Separate random streams so that e.g. the masks never share draws with the plan.
-_WALK_STREAM = 0
-_TRUNCATE_STREAM = 1
-_ORDER_STREAM = 2
-_MASK_STREAM = 3
-_HELDOUT_STREAM = 4
-
-# How hard the NSP balance pulls the NotNext share back to `random_next_prob`:
-# a deficit of 1 / _NSP_GAIN instances saturates the probability at 0 or 1.
-_NSP_GAIN = 0.05
-
-# The walk consumes a fixed number of uniforms per instance, drawn in blocks.
-_DRAWS_PER_INSTANCE = 6
-_DRAW_BLOCK = 4096
 
 # Epoch plans kept in memory; a stream only ever touches the current and next epoch.
 _PLAN_CACHE_SIZE = 2
@@ -97,118 +83,6 @@ class Provenance(NamedTuple):
   next_sentence_label: int
 
 
-@dataclasses.dataclass(frozen=True)
-class _EpochPlan:
-  """One epoch's instances in training order; integers only.
-
-  spans: int64[n, 4] token offsets (a_lo, a_hi, b_lo, b_hi), already truncated.
-  docs:  int32[n, 2] document of A and of B.
-  label: int32[n]    0 = IsNext, 1 = NotNext.
-  """
-
-  spans: np.ndarray
-  docs: np.ndarray
-  label: np.ndarray
-
-  def __len__(self) -> int:
-    return len(self.label)
-
-
-def _rng(*key: int) -> np.random.Generator:
-  return np.random.default_rng(np.random.SeedSequence(key))
-
-
-def _plan_epoch(sent_start: list[int], doc_start: list[int],
-                docs: list[int], cfg: PretrainDataConfig,
-                epoch: int) -> _EpochPlan:
-  """Pairs every document's sentences into instances for one epoch.
-
-  sent_start, doc_start: the store's arrays as Python lists (fast scalar access).
-  docs: the ids of the documents that hold at least one token.
-  """
-  rng = _rng(cfg.seed, epoch, _WALK_STREAM)
-  max_tokens = cfg.max_seq_len - 3
-  q = cfg.random_next_prob
-  n_docs = len(docs)
-  rows = []  # (a_lo, a_hi, b_lo, b_hi, a_doc, b_doc, not_next)
-  n_random = 0
-  draws, pos = [], 0
-  for k, d in enumerate(docs):
-    end = doc_start[d + 1]
-    i = doc_start[d]
-    while i < end:
-      if pos == len(draws):
-        draws, pos = rng.random(_DRAWS_PER_INSTANCE * _DRAW_BLOCK).tolist(), 0
-      u_short, u_target, u_split, u_next, u_doc, u_start = (
-          draws[pos:pos + _DRAWS_PER_INSTANCE])
-      pos += _DRAWS_PER_INSTANCE
-
-      target = max_tokens
-      if u_short < cfg.short_seq_prob:
-        target = 2 + int(u_target * (max_tokens - 1))  # uniform in [2, max_tokens]
-      # Chunk = sentences i..j-1: the first prefix reaching `target`, or the rest.
-      j = min(bisect.bisect_left(sent_start, sent_start[i] + target, i + 1, end + 1),
-              end)
-      a_end = i + 1
-      if j - i >= 2:
-        a_end = i + 1 + int(u_split * (j - i - 1))  # uniform in [i+1, j-1]
-
-      # Single-sentence chunks can only be NotNext; the other chunks make up for
-      # them so that the epoch's NotNext share stays at `random_next_prob`.
-      p_next = min(1.0, max(0.0, q + _NSP_GAIN * (q * len(rows) - n_random)))
-      if j - i == 1 or u_next < p_next:
-        rd = d
-        if n_docs > 1:
-          other = int(u_doc * (n_docs - 1))
-          rd = docs[other + (other >= k)]
-        r_first, r_end = doc_start[rd], doc_start[rd + 1]
-        rs = r_first + int(u_start * (r_end - r_first))
-        target_b = target - (sent_start[a_end] - sent_start[i])
-        re = min(bisect.bisect_left(sent_start, sent_start[rs] + target_b, rs + 1,
-                                    r_end + 1), r_end)
-        row = (sent_start[i], sent_start[a_end], sent_start[rs], sent_start[re],
-               d, rd, 1)
-        i = a_end  # the chunk's unused sentences go back to the walk
-      else:
-        row = (sent_start[i], sent_start[a_end], sent_start[a_end], sent_start[j],
-               d, d, 0)
-        i = j
-      # Empty sentences could leave a segment without pieces; such pairs are dropped.
-      if row[1] > row[0] and row[3] > row[2]:
-        rows.append(row)
-        n_random += row[6]
-
-  table = np.asarray(rows, np.int64).reshape(-1, 7)  # (n, 7)
-  spans = table[:, :4].copy()
-  _truncate(spans, max_tokens, _rng(cfg.seed, epoch, _TRUNCATE_STREAM))
-  order = _rng(cfg.seed, epoch, _ORDER_STREAM).permutation(len(table))
-  return _EpochPlan(spans=spans[order],
-                    docs=table[order, 4:6].astype(np.int32),
-                    label=table[order, 6].astype(np.int32))
-
-
-def _truncate(spans: np.ndarray, max_tokens: int, rng: np.random.Generator) -> None:
-  """Shortens pairs to `max_tokens` in place, as BERT's truncate_seq_pair does.
-
-  BERT removes one piece at a time from the longer segment (B on ties), each from
-  its front or back with probability 1/2. The counts per segment follow from the
-  lengths alone, and the number taken from the front is Binomial(cut, 1/2).
-  """
-  la = spans[:, 1] - spans[:, 0]
-  lb = spans[:, 3] - spans[:, 2]
-  excess = np.maximum(la + lb - max_tokens, 0)
-  first = np.minimum(excess, np.abs(la - lb))  # evens out the longer side
-  rest = excess - first  # then alternates, starting with B
-  cut_a = np.where(la > lb, first, 0) + rest // 2
-  cut_b = np.where(la > lb, 0, first) + (rest + 1) // 2
-  front_a = rng.binomial(cut_a, 0.5)
-  front_b = rng.binomial(cut_b, 0.5)
-  spans[:, 0] += front_a
-  spans[:, 1] -= cut_a - front_a
-  spans[:, 2] += front_b
-  spans[:, 3] -= cut_b - front_b
-
-
 class PretrainingExamples:
   """Random access to BERT pre-training examples by (epoch, index).
 
@@ -264,7 +138,7 @@ class PretrainingExamples:
                word_start=tokenizer.word_start_table())
 
   def _index_arrays(self):
-    # Python lists make the sequential walk in `_plan_epoch` several times faster.
+    # Python lists make the sequential walk in `plan_epoch` several times faster.
     self._sent_start = np.asarray(self.store.sent_start).tolist()
     self._doc_start = np.asarray(self.store.doc_start).tolist()
     doc_tokens = np.diff(np.asarray(self.store.sent_start)[self.store.doc_start])
@@ -272,7 +146,7 @@ class PretrainingExamples:
 
   def _reset_caches(self):
     self._lock = threading.RLock()
-    self._plans: collections.OrderedDict[int, _EpochPlan] = collections.OrderedDict()
+    self._plans: collections.OrderedDict[int, EpochPlan] = collections.OrderedDict()
     self._counts: dict[int, int] = {}
     self._offsets = [0]  # stream position where epoch e begins, for known epochs
 
@@ -289,13 +163,13 @@ class PretrainingExamples:
     self._index_arrays()
     self._reset_caches()
 
-  def _plan(self, epoch: int) -> _EpochPlan:
+  def _plan(self, epoch: int) -> EpochPlan:
     if epoch < 0:
       raise IndexError(f"epoch {epoch} < 0")
     with self._lock:
       plan = self._plans.get(epoch)
       if plan is None:
-        plan = _plan_epoch(self._sent_start, self._doc_start, self._docs,
+        plan = plan_epoch(self._sent_start, self._doc_start, self._docs,
                            self.cfg, epoch)
         self._plans[epoch] = plan
         self._counts[epoch] = len(plan)
@@ -333,7 +207,7 @@ class PretrainingExamples:
                       int(plan.label[index]))
 
   @staticmethod
-  def _check_index(plan: _EpochPlan, epoch: int, index: int) -> None:
+  def _check_index(plan: EpochPlan, epoch: int, index: int) -> None:
     if not 0 <= index < len(plan):
       raise IndexError(f"index {index} outside epoch {epoch} "
                        f"of {len(plan)} examples")
@@ -368,7 +242,7 @@ class PretrainingExamples:
     content = np.zeros(cfg.max_seq_len, bool)
     content[1:la + 1] = True
     content[b0:b0 + lb] = True
-    masks = self.masker.mask(ids, content, _rng(cfg.seed, epoch, _MASK_STREAM, index))
+    masks = self.masker.mask(ids, content, stream_rng(cfg.seed, epoch, MASK_STREAM, index))
     return {
         "input_ids": ids,
         "token_type_ids": token_type_ids,
@@ -421,5 +295,5 @@ def split_heldout(store: DocumentStore, fraction: float,
                     "holding some out for evaluation needs at least 2.")
   n_eval = min(store.num_docs - 1, max(1, round(fraction * store.num_docs)))
   held = np.zeros(store.num_docs, bool)
-  held[_rng(seed, _HELDOUT_STREAM).permutation(store.num_docs)[:n_eval]] = True
+  held[stream_rng(seed, HELDOUT_STREAM).permutation(store.num_docs)[:n_eval]] = True
   return store.subset(np.flatnonzero(~held)), store.subset(np.flatnonzero(held))
