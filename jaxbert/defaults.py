@@ -42,7 +42,7 @@ def train_config(**overrides) -> ConfigDict:
       "eval_every": 500,
       "checkpoint_every": 500,
       "keep_checkpoints": 3,
-      "progress": True,         # tqdm progress bar
+      "progress": True,         # a bar on a terminal, a line a minute in a log file
       "peak_flops": 0.0,        # device matmul peak for MFU; 0 measures it at start
       "prng_impl": "threefry2x32",  # or "rbg": the key stream (dropout masks: jaxbert/dropout.py)
       # Steps with a non-finite loss or gradient are skipped; this many in a row stop the

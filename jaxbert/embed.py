@@ -25,10 +25,10 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 from jaxbert.errors import UserError
 from jaxbert.model import BertConfig, BertEncoderOnly
+from jaxbert.progress import progress_bar
 
 log = logging.getLogger("jaxbert")
 
@@ -135,7 +135,7 @@ def embed_texts(params, cfg: BertConfig, tokenizer, texts: list[str], *, pooling
   params = jax.device_put({"bert": params["bert"]})
   out = np.zeros((len(rows), cfg.hidden_size), np.float32)
   pending = None  # the previous batch's device result: fetched after the next is dispatched
-  for t, idx in tqdm(batches, desc="embed", unit="batch", disable=not progress):
+  for t, idx in progress_bar(batches, desc="embed", unit="batch", enabled=progress):
     # Fixed (batch_size, t) shapes: a short last batch is filled with [CLS] [SEP] rows.
     ids = np.full((batch_size, t), tokenizer.pad_id, np.int32)
     mask = np.zeros((batch_size, t), np.int32)

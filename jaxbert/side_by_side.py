@@ -35,13 +35,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
-from tqdm import tqdm
 
 from jaxbert import sharding as shd
 from jaxbert.config import ConfigDict
 from jaxbert.errors import UserError
 from jaxbert.finetune import FinetuneTask
 from jaxbert.optim import make_optimizer, make_schedule
+from jaxbert.progress import progress_bar
 from jaxbert.checkpoint import tokenizer_files
 from jaxbert.checkpoint import checkpoint_manager, restore_latest, save_checkpoint
 from jaxbert.train import (COUNTERS, MetricsLog, TrainState, check_workdir_config,
@@ -186,8 +186,8 @@ def train_group(configs: list[ConfigDict], workdirs: list[str], devices=None,
   for i in range(n):
     if not active[i] and on_finish is not None:  # trained to the end before a kill
       on_finish(i, last_eval[i])
-  bar = tqdm(total=total - min(steps), disable=not base.train.progress or jax.process_index() != 0,
-             dynamic_ncols=True, desc=f"{n} trials side by side")
+  bar = progress_bar(total=total - min(steps), desc=f"{n} trials side by side", unit="step",
+                     enabled=base.train.progress and jax.process_index() == 0)
   try:
     while any(active):
       local = [next(b) if a else idle for b, a in zip(batches, active)]

@@ -37,7 +37,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-from tqdm import tqdm
 
 from jaxbert import flops as flops_lib
 from jaxbert import sharding as shd
@@ -45,6 +44,7 @@ from jaxbert.checkpoint import (checkpoint_manager, restore_latest, save_checkpo
                                 tokenizer_files, write_json_atomic)
 from jaxbert.config import ConfigDict
 from jaxbert.errors import UserError
+from jaxbert.progress import progress_bar
 
 log = logging.getLogger("jaxbert")
 
@@ -331,8 +331,8 @@ def train(config: ConfigDict, workdir: str, task: Task,
   t_last = time.perf_counter()
   limit = tcfg.get("max_nonfinite", DEFAULT_MAX_NONFINITE)
   preempt = _Preemption(mngr)
-  bar = tqdm(total=total, initial=start, disable=not tcfg.progress or jax.process_index() != 0,
-             dynamic_ncols=True, desc=config.get("name", "train"))
+  bar = progress_bar(total=total, initial=start, desc=config.get("name", "train"), unit="step",
+                     enabled=tcfg.progress and jax.process_index() == 0)
   batches = task.batches(start)
   should_stop = getattr(task, "should_stop", None)  # optional: early stopping
   in_a_row = None  # the previous step's count, read a step late so dispatch stays ahead

@@ -25,11 +25,11 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
-import tqdm
 
 from jaxbert.data import utf8
 from jaxbert.data.docstore import DocumentStore
 from jaxbert.errors import UserError
+from jaxbert.progress import progress_bar, quiet_tfds_when_logging
 from jaxbert.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -177,6 +177,7 @@ def prepare_text_corpus(source: str, data_dir: str) -> TextCorpus:
                             source=source)
   with _quiet_custom_config():
     builder = TextCorpus(config=config, data_dir=data_dir, file_format="array_record")
+  quiet_tfds_when_logging()
   builder.download_and_prepare()
   for path, count in (builder.info.metadata.get("decode_errors") or {}).items():
     utf8.warn_undecodable(path, count)
@@ -392,12 +393,13 @@ def build_docstore(documents: Iterable[list[str]], tokenizer: Tokenizer, *,
   """
   builder = _StoreBuilder(tokenizer)
   total = len(documents) if hasattr(documents, "__len__") else None
-  bar = tqdm.tqdm(documents, total=total, unit="doc", desc="tokenizing", disable=not progress,
-                  mininterval=1.0)
-  for i, doc in enumerate(bar):
+  bar = progress_bar(total=total, unit="doc", desc="tokenizing", enabled=progress)
+  for i, doc in enumerate(documents):
     builder.add(doc)
+    bar.update(1)
     if progress and i % 4096 == 0:
       bar.set_postfix(tokens=builder.num_tokens, refresh=False)
   store = builder.finish()
+  bar.set_postfix(tokens=store.num_tokens, refresh=False)
   bar.close()
   return store

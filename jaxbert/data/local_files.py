@@ -43,6 +43,7 @@ import tensorflow_datasets as tfds
 
 from jaxbert.data import utf8
 from jaxbert.errors import UserError
+from jaxbert.progress import quiet_tfds_when_logging
 
 logger = logging.getLogger(__name__)
 
@@ -396,5 +397,6 @@ def prepare_local(path: str, split_base: str, data_dir: str | None,
                                    description=os.path.abspath(file))
   builder = _BUILDERS[fmt](source=source, config=config, data_dir=data_dir)
   if not builder.is_prepared():
+    quiet_tfds_when_logging()
     builder.download_and_prepare(file_format="array_record")
   return builder, source
