@@ -75,7 +75,7 @@ class LogLines:
     self.n += n
     now = time.monotonic()
     if self._first is None:
-      self._first = (self.n, now)
+      self._first, self._last = (self.n, now), now  # the first line comes an interval later
     elif now - self._last >= self.interval_s:
       self._line(now)
 
