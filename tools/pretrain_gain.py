@@ -9,9 +9,11 @@ the encoder of the pre-training workdir --init, the other from random initialisa
 with the same architecture (its config.json) and tokenizer (its tokenizer/ folder).
 Each command is printed before it runs; a sweep whose workdir is finished is not run
 again (a sweep resumes). `--reinit` re-initialises parts of the pre-trained encoder
-(`config.reinit`) on the pre-trained side only. Printed, and written to
-ROOT/gain.md: each learning rate's validation score from both starts, and the best
-of one against the best of the other.
+(`config.reinit`) on the pre-trained side only. `--lrs` replaces the recipes' learning
+rates and `--seeds` trains each setting once per seed (fine-tuning scores of small
+models move by a point or two with the seed alone). Printed, and written to
+ROOT/gain.md: each learning rate's validation score from both starts (the median over
+seeds, with min and max), and the best median of one against the best of the other.
 """
 
 from __future__ import annotations
@@ -20,34 +22,57 @@ import argparse
 import csv
 import json
 import os
+import statistics
 import sys
 
 from finetune_table import run_jaxbert, show  # tools/ is on sys.path for a script
 
-# name -> (config file, training split or "" for the config's, epochs, learning rates).
+# name -> (config file, training split or "" for the config's, epochs, learning rates,
+# further flags).
 RECIPES = {
-    "sst2_16k": ("sst2", "train[:16000]", 1, [3e-4, 1e-3]),
-    "sst2_2k": ("sst2", "train[:2000]", 3, [3e-4, 1e-3]),
-    "conll": ("conll2003", "", 1, [3e-4]),
+    "sst2_16k": ("sst2", "train[:16000]", 1, [3e-4, 1e-3], ()),
+    "sst2_2k": ("sst2", "train[:2000]", 3, [3e-4, 1e-3], ()),
+    "conll": ("conll2003", "", 1, [3e-4], ()),
+    # A probe of the features rather than fine-tuning: the encoder (pooler included)
+    # frozen, only the classifier on the pooled output trains. Not run by default.
+    "sst2_16k_frozen": ("sst2", "train[:16000]", 1, [1e-3, 3e-3],
+                        ("--config.optim.freeze=encoder",)),
 }
+DEFAULT_RECIPES = ("sst2_16k", "sst2_2k", "conll")
 COMMON = ["--config.data.max_seq_len=64", "--config.train.prng_impl=rbg"]
 METRIC = {"sst2": "accuracy", "conll2003": "f1"}
 
 
-def command(recipe: str, workdir: str, start: list[str]) -> list[str]:
-  config, split, epochs, lrs = RECIPES[recipe]
+def command(recipe: str, workdir: str, start: list[str], lrs: list[float] | None = None,
+            seeds: list[int] | None = None) -> list[str]:
+  """The `jaxbert sweep` of one recipe from one start; lrs=None: the recipe's own."""
+  config, split, epochs, recipe_lrs, flags = RECIPES[recipe]
   cmd = ["jaxbert", "sweep", "--config", f"configs/finetune/{config}.py", "--workdir", workdir,
-         *start, *COMMON]
+         *start, *COMMON, *flags]
   if split:
     cmd.append(f"--config.data.train_split={split}")
-  return cmd + [f"--config.train.epochs={epochs}",
-                f"--config.sweep.space.optim.lr=[{','.join(f'{lr:g}' for lr in lrs)}]"]
+  cmd += [f"--config.train.epochs={epochs}",
+          f"--config.sweep.space.optim.lr=[{','.join(f'{lr:g}' for lr in lrs or recipe_lrs)}]"]
+  if seeds:
+    cmd.append(f"--config.sweep.space.train.seed=[{','.join(map(str, seeds))}]")
+  return cmd
 
 
-def scores(workdir: str, metric: str) -> dict[float, float]:
-  """lr -> validation score from a finished sweep's results.csv."""
+def scores(workdir: str, metric: str) -> dict[float, list[float]]:
+  """lr -> validation scores (one per seed) from a finished sweep's results.csv."""
+  got: dict[float, list[float]] = {}
   with open(os.path.join(workdir, "results.csv")) as f:
-    return {float(r["optim.lr"]): float(r[metric]) for r in csv.DictReader(f)}
+    for r in csv.DictReader(f):
+      got.setdefault(float(r["optim.lr"]), []).append(float(r[metric]))
+  return got
+
+
+def cell(values: list[float]) -> str:
+  """A median in percent, with min-max when there are several seeds."""
+  med = 100 * statistics.median(values)
+  if len(values) == 1:
+    return f"{med:.2f}"
+  return f"{med:.2f} ({100 * min(values):.2f}-{100 * max(values):.2f})"
 
 
 def random_start(init: str) -> list[str]:
@@ -69,10 +94,18 @@ def main() -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--init", required=True, help="a `jaxbert pretrain` workdir")
   p.add_argument("--root", required=True, help="the sweeps' workdirs are made under it")
-  p.add_argument("--recipes", default=",".join(RECIPES))
+  p.add_argument("--recipes", default=",".join(DEFAULT_RECIPES),
+                 help=f"comma-separated, of {', '.join(RECIPES)}")
   p.add_argument("--reinit", default="", help="config.reinit for the pre-trained side")
+  p.add_argument("--lrs", default="", help="learning rates for every recipe, e.g. 1e-4,3e-4")
+  p.add_argument("--seeds", default="", help="fine-tuning seeds, e.g. 0,1,2 (default: 0 only)")
   p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
   args = p.parse_args()
+  try:
+    lrs = [float(x) for x in args.lrs.split(",") if x] or None
+    seeds = [int(x) for x in args.seeds.split(",") if x] or None
+  except ValueError as e:
+    p.error(f"--lrs takes numbers and --seeds integers, comma-separated: {e}")
   recipes = [r for r in args.recipes.split(",") if r]
   unknown = sorted(set(recipes) - set(RECIPES))
   if unknown:
@@ -84,12 +117,12 @@ def main() -> int:
                           if args.reinit else "", "random": ""}
   rows = []
   for recipe in recipes:
-    config, split, epochs, _ = RECIPES[recipe]
+    config, split, epochs, _, flags = RECIPES[recipe]
     got = {}
     for side in ("pretrained", "random"):
       workdir = os.path.join(args.root, f"{recipe}_{side}{suffix[side]}")
       if args.dry_run or not os.path.exists(os.path.join(workdir, "results.csv")):
-        cmd = command(recipe, workdir, starts[side])
+        cmd = command(recipe, workdir, starts[side], lrs, seeds)
         show(cmd)
         if args.dry_run:
           continue
@@ -100,12 +133,13 @@ def main() -> int:
       got[side] = scores(workdir, METRIC[config])
     if args.dry_run:
       continue
-    what = f"{config} {split or 'train'}, {epochs} epoch(s), {METRIC[config]}"
+    what = (f"{config} {split or 'train'}, {epochs} epoch(s){''.join(' ' + f for f in flags)}, "
+            f"{METRIC[config]}")
     for lr in sorted(got["random"]):
-      rows.append(f"| {what} | {lr:g} | {100 * got['pretrained'][lr]:.2f} | "
-                  f"{100 * got['random'][lr]:.2f} | |")
+      rows.append(f"| {what} | {lr:g} | {cell(got['pretrained'][lr])} | "
+                  f"{cell(got['random'][lr])} | |")
       what = ""
-    best = {side: max(v.values()) for side, v in got.items()}
+    best = {side: max(statistics.median(s) for s in v.values()) for side, v in got.items()}
     rows.append(f"| | best | {100 * best['pretrained']:.2f} | {100 * best['random']:.2f} | "
                 f"**{100 * (best['pretrained'] - best['random']):+.2f}** |")
   head = f"from `{args.init}`" + (f" (reinit {args.reinit})" if args.reinit else "")
