@@ -75,6 +75,9 @@ def pretrain_config(preset_name: str = "mini") -> ConfigDict:
       "mask_prob": 0.15,
       "short_seq_prob": 0.1,
       "whole_word": False,
+      # Most examples packed into one row (0: one per row). Each attends only to itself and
+      # predicts its own next sentence; a row has floor(mask_prob * T) + packing predictions.
+      "packing": 0,
       "num_workers": 2,          # loader worker processes (0: in the training process)
       "eval_examples": 2048,
   })

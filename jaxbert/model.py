@@ -210,15 +210,22 @@ class BertEncoder(nn.Module):
 
 
 class BertPooler(nn.Module):
+  """dense + tanh on the [CLS] output: position 0 (B, H), or `cls_positions` (B, S) -> (B, S, H)."""
+
   cfg: BertConfig
 
   @nn.compact
-  def __call__(self, x):
-    return jnp.tanh(_dense(self.cfg, self.cfg.hidden_size, "dense")(x[:, 0]))
+  def __call__(self, x, cls_positions=None):
+    cls = x[:, 0] if cls_positions is None else gather_positions(x, cls_positions)
+    return jnp.tanh(_dense(self.cfg, self.cfg.hidden_size, "dense")(cls))
 
 
 class BertModel(nn.Module):
-  """The encoder: token ids -> (sequence output (B, T, H), pooled [CLS] output (B, H))."""
+  """The encoder: token ids -> (sequence output (B, T, H), pooled [CLS] output (B, H)).
+
+  A packed row (jaxbert/data/packing.py) holds several examples: `cls_positions` (B, S)
+  names their [CLS] pieces and the pooled output is (B, S, H).
+  """
 
   cfg: BertConfig
 
@@ -228,7 +235,7 @@ class BertModel(nn.Module):
     self.pooler = BertPooler(self.cfg)
 
   def __call__(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None,
-               *, deterministic: bool = True):
+               cls_positions=None, *, deterministic: bool = True):
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
     if attention_mask is None:
@@ -237,7 +244,7 @@ class BertModel(nn.Module):
       position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
     x = self.embeddings(input_ids, token_type_ids, position_ids, deterministic)
     x = self.encoder(x, attention_mask_from_segments(attention_mask), deterministic)
-    return x, self.pooler(x)
+    return x, self.pooler(x, cls_positions)
 
   def attend(self, x):
     """Logits against the word embeddings (the tied MLM decoder)."""
@@ -246,7 +253,8 @@ class BertModel(nn.Module):
 
 def _encode(bert: BertModel, batch: dict[str, Array], deterministic: bool):
   return bert(batch["input_ids"], batch.get("token_type_ids"), batch.get("attention_mask"),
-              batch.get("position_ids"), deterministic=deterministic)
+              batch.get("position_ids"), batch.get("nsp_positions"),
+              deterministic=deterministic)
 
 
 class MaskedLMHead(nn.Module):
@@ -268,7 +276,10 @@ def gather_positions(x: Array, positions: Array) -> Array:
 
 
 class BertForPreTraining(nn.Module):
-  """Encoder + masked-LM head (at `masked_positions` only) + next-sentence head."""
+  """Encoder + masked-LM head (at `masked_positions` only) + next-sentence head.
+
+  nsp_logits are (B, 2), or (B, S, 2) for packed rows (one per example, see BertModel).
+  """
 
   cfg: BertConfig
 

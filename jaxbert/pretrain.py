@@ -24,6 +24,7 @@ from jaxbert import sharding as shd
 from jaxbert.config import ConfigDict
 from jaxbert.data import corpus as corpus_lib
 from jaxbert.data.docstore import DocumentStore
+from jaxbert.data.packing import PackedExamples, packing_stats
 from jaxbert.data.pretraining import (PretrainDataConfig, PretrainingExamples, batch_examples,
                                       split_heldout)
 from jaxbert.defaults import bert_config
@@ -134,18 +135,45 @@ def cross_entropy_and_hits(logits, labels):
 
 
 def mlm_nsp_loss(outputs, batch):
-  """(loss, metrics): mean MLM cross-entropy over real predictions + NSP cross-entropy."""
+  """(loss, metrics): mean MLM cross-entropy over real predictions + NSP cross-entropy.
+
+  Both are means over the batch's examples, packed rows included: the MLM loss over
+  every real prediction, the NSP loss over every example's [CLS] (`nsp_weights`).
+  """
   w = batch["masked_weights"]
   mlm_ce, mlm_hit = cross_entropy_and_hits(outputs["mlm_logits"], batch["masked_ids"])
   denom = jnp.maximum(w.sum(), 1.0)
   mlm_loss = (mlm_ce * w).sum() / denom
   mlm_acc = (mlm_hit * w).sum() / denom
-  nsp_ce = optax.softmax_cross_entropy_with_integer_labels(outputs["nsp_logits"],
-                                                           batch["next_sentence_label"])
-  nsp_acc = (outputs["nsp_logits"].argmax(-1) == batch["next_sentence_label"]).mean()
-  metrics = {"mlm_loss": mlm_loss, "mlm_accuracy": mlm_acc, "nsp_loss": nsp_ce.mean(),
+  nsp_loss, nsp_acc = _nsp_loss_and_accuracy(outputs["nsp_logits"], batch)
+  metrics = {"mlm_loss": mlm_loss, "mlm_accuracy": mlm_acc, "nsp_loss": nsp_loss,
              "nsp_accuracy": nsp_acc}
-  return mlm_loss + nsp_ce.mean(), metrics
+  return mlm_loss + nsp_loss, metrics
+
+
+def _nsp_loss_and_accuracy(logits, batch):
+  if "nsp_weights" in batch:  # packed rows: logits (B, S, 2), one per example
+    labels, w = batch["nsp_labels"], batch["nsp_weights"]
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    denom = jnp.maximum(w.sum(), 1.0)
+    return (ce * w).sum() / denom, ((logits.argmax(-1) == labels) * w).sum() / denom
+  labels = batch["next_sentence_label"]
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  return ce.mean(), (logits.argmax(-1) == labels).mean()
+
+
+def packed(examples: PretrainingExamples, max_segments) -> PackedExamples:
+  """Rows of up to `max_segments` examples (config.data.packing), efficiency logged."""
+  if isinstance(max_segments, bool) or not isinstance(max_segments, int) or max_segments < 0:
+    raise UserError(f"config.data.packing={max_segments!r}: give the most examples per row "
+                    "as an integer (e.g. 4), or 0 for one example per row")
+  rows = PackedExamples(examples, max_segments=max_segments)
+  stats = packing_stats(rows, epoch=0)
+  log.info("packing: up to %d examples per row (%.2f on average): %.1f %% of the pieces "
+           "are real text, against %.1f %% one example per row", max_segments,
+           stats["examples"] / stats["rows"], 100 * stats["packed_efficiency"],
+           100 * stats["unpacked_efficiency"])
+  return rows
 
 
 class PretrainTask:
@@ -169,6 +197,9 @@ class PretrainTask:
         mask_prob=d.mask_prob, short_seq_prob=d.short_seq_prob, whole_word=d.whole_word,
         seed=config.train.seed)
     self.train_examples = PretrainingExamples.from_tokenizer(train_store, data_cfg, self.tokenizer)
+    if d.packing:
+      self.train_examples = packed(self.train_examples, d.packing)
+    # Held-out examples stay one per row, so their metrics compare across packing settings.
     self.eval_examples = PretrainingExamples.from_tokenizer(eval_store, data_cfg, self.tokenizer)
     self.optimizer_steps = config.train.steps
     self.total_steps = config.train.steps * (config.optim.accum_steps or 1)
@@ -216,8 +247,9 @@ class PretrainTask:
 
   def flops_per_batch(self) -> float:
     d = self.config.data
+    predictions = getattr(self.train_examples, "max_predictions", d.max_predictions_per_seq)
     return self.global_batch * flops_lib.pretraining_flops_per_sequence(
-        self.model_cfg, d.max_seq_len, d.max_predictions_per_seq)
+        self.model_cfg, d.max_seq_len, predictions)
 
   def _eval_local_batches(self):
     if self._eval_batches is None:

@@ -8,6 +8,7 @@ from jaxbert import model as M
 from jaxbert.data import packing
 from jaxbert.data.docstore import DocumentStore
 from jaxbert.data.pretraining import PretrainDataConfig, PretrainingExamples
+from jaxbert.pretrain import mlm_nsp_loss
 
 VOCAB = 128
 TINY = M.BertConfig(vocab_size=VOCAB, hidden_size=32, num_layers=2, num_heads=4,
@@ -104,7 +105,7 @@ def test_max_predictions_below_the_bound_is_refused():
 
 
 def test_a_packed_row_computes_each_example_as_if_alone():
-  """Encoder outputs and MLM logits of every packed example equal the unpacked ones."""
+  """Encoder outputs, MLM and NSP logits and the loss of a packed row equal the unpacked ones."""
   examples = _examples()
   packed = packing.PackedExamples(examples, max_segments=3)
   r = next(i for i, m in enumerate(packed.rows(0)) if len(m) == 3)
@@ -115,7 +116,7 @@ def test_a_packed_row_computes_each_example_as_if_alone():
   out = model.apply({"params": params}, row)
   enc = M.BertEncoderOnly(TINY)
   seq = enc.apply({"params": params}, row)["sequence_output"][0]
-  at, pred = 0, 0
+  at, pred, mlm_sum, nsp = 0, 0, 0.0, []
   for k, ex in enumerate(alone):
     batch = {key: v[None] for key, v in ex.items()}
     n, m = int(ex["attention_mask"].sum()), int(ex["masked_weights"].sum())
@@ -124,6 +125,13 @@ def test_a_packed_row_computes_each_example_as_if_alone():
                                atol=2e-5)
     ref_seq = enc.apply({"params": params}, batch)["sequence_output"][0]
     np.testing.assert_allclose(seq[at:at + n], ref_seq[:n], atol=2e-5)
-    if k == 0:  # The pooler reads position 0: the first example's [CLS].
-      np.testing.assert_allclose(out["nsp_logits"], ref["nsp_logits"], atol=2e-5)
+    # The pooler reads each example's own [CLS] (nsp_positions).
+    np.testing.assert_allclose(out["nsp_logits"][0, k], ref["nsp_logits"][0], atol=2e-5)
+    _, metrics = mlm_nsp_loss(ref, batch)
+    mlm_sum += m * float(metrics["mlm_loss"])
+    nsp.append(float(metrics["nsp_loss"]))
     at, pred = at + n, pred + m
+  # The row's loss: MLM averaged over all its predictions, NSP over its examples.
+  _, metrics = mlm_nsp_loss(out, row)
+  np.testing.assert_allclose(metrics["mlm_loss"], mlm_sum / pred, rtol=1e-5)
+  np.testing.assert_allclose(metrics["nsp_loss"], np.mean(nsp), rtol=1e-5)

@@ -82,3 +82,25 @@ def test_every_checkpoint_carries_the_tokenizer(reference_run, tmp_path):
   assert source.tokenizer.fingerprint() == load_tokenizer(
       os.path.join(workdir, "tokenizer")).fingerprint() == load_tokenizer(
       os.path.join(workdir, "tokenizer")).fingerprint()
+
+
+def test_packed_rows_train_and_log_their_efficiency(corpus_file, tmp_path, caplog):
+  config = tiny_config(corpus_file, steps=4, eval_every=4)
+  config.data.packing = 3
+  with caplog.at_level(logging.INFO, logger="jaxbert"):
+    metrics = run(config, str(tmp_path / "packed"), devices=jax.devices()[:1])
+  assert "packing: up to 3 examples per row" in caplog.text
+  lines = [json.loads(l) for l in open(tmp_path / "packed" / "metrics.jsonl")]
+  train = [l for l in lines if l["split"] == "train"]
+  assert [l["step"] for l in train] == [2, 4]
+  assert all(np.isfinite(l["loss"]) and 0 <= l["nsp_accuracy"] <= 1 for l in train)
+  # Held-out examples are evaluated one per row, as without packing.
+  assert 0 <= metrics["mlm_accuracy"] <= 1 and 0 <= metrics["nsp_accuracy"] <= 1
+
+
+def test_packing_must_be_a_count(corpus_file, tmp_path):
+  from jaxbert.errors import UserError
+  config = tiny_config(corpus_file)
+  config.data.packing = -1  # the config's type check refuses a float or a string itself
+  with pytest.raises(UserError, match="config.data.packing"):
+    run(config, str(tmp_path / "bad"), devices=jax.devices()[:1])
