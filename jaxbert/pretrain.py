@@ -23,6 +23,7 @@ from jaxbert import flops as flops_lib
 from jaxbert import sharding as shd
 from jaxbert.config import ConfigDict
 from jaxbert.data import corpus as corpus_lib
+from jaxbert.data import sentences as sentences_lib
 from jaxbert.data.docstore import DocumentStore
 from jaxbert.data.packing import PackedExamples, packing_stats
 from jaxbert.data.pretraining import (PretrainDataConfig, PretrainingExamples, batch_examples,
@@ -45,7 +46,7 @@ def prepare_tokenizer(config: ConfigDict, workdir: str) -> tok_lib.Tokenizer:
     return tok_lib.load_tokenizer(cached)
   log.info("training a %s sentencepiece tokenizer (vocabulary %d) on %s",
            tcfg.model_type, tcfg.vocab_size, config.data.corpus)
-  sentences = corpus_lib.sentences_for_tokenizer_training(
+  sentences = sentences_lib.sentences_for_tokenizer_training(
       _documents(config, workdir), max_sentences=tcfg.train_sentences, seed=config.train.seed)
   return tok_lib.train_sentencepiece(sentences, cached, vocab_size=tcfg.vocab_size,
                                      model_type=tcfg.model_type, lowercase=tcfg.lowercase,

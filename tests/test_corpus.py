@@ -11,7 +11,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from jaxbert import tokenizer as tk
-from jaxbert.data import corpus
+from jaxbert.data import corpus, sentences
 from jaxbert.errors import UserError
 
 _WORDS = ("the quick brown fox jumps over a lazy dog while seven wizards quietly "
@@ -138,18 +138,18 @@ def test_named_tfds_errors(tmp_path):
     ("  ", []),
 ])
 def test_split_sentences(text, expected):
-  assert corpus.split_sentences(text) == expected
+  assert sentences.split_sentences(text) == expected
 
 
 def test_sentences_for_tokenizer_training():
   docs = [[f"Sentence {d}.{s}. Next {d}.{s}." for s in range(3)] for d in range(50)]
-  everything = corpus.sentences_for_tokenizer_training(docs, max_sentences=10_000, seed=0)
+  everything = sentences.sentences_for_tokenizer_training(docs, max_sentences=10_000, seed=0)
   assert len(everything) == 300
-  sample = corpus.sentences_for_tokenizer_training(docs, max_sentences=40, seed=0)
+  sample = sentences.sentences_for_tokenizer_training(docs, max_sentences=40, seed=0)
   assert len(sample) == 40 and len(set(sample)) == 40
   assert set(sample) <= set(everything)
-  assert sample == corpus.sentences_for_tokenizer_training(docs, max_sentences=40, seed=0)
-  assert sample != corpus.sentences_for_tokenizer_training(docs, max_sentences=40, seed=1)
+  assert sample == sentences.sentences_for_tokenizer_training(docs, max_sentences=40, seed=0)
+  assert sample != sentences.sentences_for_tokenizer_training(docs, max_sentences=40, seed=1)
   # Uniform: late documents are as likely as early ones.
   late = sum(int(s.split()[1].split(".")[0]) >= 25 for s in sample)
   assert 8 <= late <= 32
@@ -173,7 +173,7 @@ def test_build_docstore_invariants(sp, monkeypatch):
   assert not np.isin(store.tokens, sp.special_ids).any()
   assert store.tokens.max() < sp.vocab_size
   for d, doc in enumerate(kept):
-    sents = [s for line in doc for s in corpus.split_sentences(line)]
+    sents = [s for line in doc for s in sentences.split_sentences(line)]
     got = [store.sentence(s).tolist() for s in store.doc_sentences(d)]
     assert got == [sp.encode(s) for s in sents]
   empty = corpus.build_docstore([], sp, progress=False)

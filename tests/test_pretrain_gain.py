@@ -52,3 +52,5 @@ def test_commands_carry_learning_rates_seeds_and_recipe_flags(monkeypatch):
   assert cmd[-2:] == ["--config.sweep.space.optim.lr=[0.0001,0.0003]",
                       "--config.sweep.space.train.seed=[0,1]"]
   assert "--config.sweep.space.optim.lr=[0.0003,0.001]" in gain.command("sst2_2k", "W", [])
+  assert "--config.train.epochs=3" in gain.command("sst2_2k", "W", [])
+  assert "--config.train.epochs=10" in gain.command("sst2_2k", "W", [], epochs=10.0)

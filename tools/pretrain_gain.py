@@ -10,10 +10,11 @@ with the same architecture (its config.json) and tokenizer (its tokenizer/ folde
 Each command is printed before it runs; a sweep whose workdir is finished is not run
 again (a sweep resumes). `--reinit` re-initialises parts of the pre-trained encoder
 (`config.reinit`) on the pre-trained side only. `--lrs` replaces the recipes' learning
-rates and `--seeds` trains each setting once per seed (fine-tuning scores of small
-models move by a point or two with the seed alone). Printed, and written to
-ROOT/gain.md: each learning rate's validation score from both starts (the median over
-seeds, with min and max), and the best median of one against the best of the other.
+rates, `--epochs` their training length, and `--seeds` trains each setting once per seed
+(fine-tuning scores of small models move by a point or two with the seed alone).
+Printed, and written to ROOT/gain.md: each learning rate's validation score from both
+starts (the median over seeds, with min and max), and the best median of one against
+the best of the other.
 """
 
 from __future__ import annotations
@@ -44,14 +45,15 @@ METRIC = {"sst2": "accuracy", "conll2003": "f1"}
 
 
 def command(recipe: str, workdir: str, start: list[str], lrs: list[float] | None = None,
-            seeds: list[int] | None = None) -> list[str]:
-  """The `jaxbert sweep` of one recipe from one start; lrs=None: the recipe's own."""
-  config, split, epochs, recipe_lrs, flags = RECIPES[recipe]
+            seeds: list[int] | None = None, epochs: float | None = None) -> list[str]:
+  """The `jaxbert sweep` of one recipe from one start; lrs/epochs=None: the recipe's own."""
+  config, split, recipe_epochs, recipe_lrs, flags = RECIPES[recipe]
+  epochs = epochs or recipe_epochs
   cmd = ["jaxbert", "sweep", "--config", f"configs/finetune/{config}.py", "--workdir", workdir,
          *start, *COMMON, *flags]
   if split:
     cmd.append(f"--config.data.train_split={split}")
-  cmd += [f"--config.train.epochs={epochs}",
+  cmd += [f"--config.train.epochs={epochs:g}",
           f"--config.sweep.space.optim.lr=[{','.join(f'{lr:g}' for lr in lrs or recipe_lrs)}]"]
   if seeds:
     cmd.append(f"--config.sweep.space.train.seed=[{','.join(map(str, seeds))}]")
@@ -98,6 +100,8 @@ def main() -> int:
                  help=f"comma-separated, of {', '.join(RECIPES)}")
   p.add_argument("--reinit", default="", help="config.reinit for the pre-trained side")
   p.add_argument("--lrs", default="", help="learning rates for every recipe, e.g. 1e-4,3e-4")
+  p.add_argument("--epochs", type=float, default=None,
+                 help="training epochs for every recipe (default: each recipe's own)")
   p.add_argument("--seeds", default="", help="fine-tuning seeds, e.g. 0,1,2 (default: 0 only)")
   p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
   args = p.parse_args()
@@ -106,6 +110,8 @@ def main() -> int:
     seeds = [int(x) for x in args.seeds.split(",") if x] or None
   except ValueError as e:
     p.error(f"--lrs takes numbers and --seeds integers, comma-separated: {e}")
+  if args.epochs is not None and args.epochs <= 0:
+    p.error(f"--epochs must be positive, not {args.epochs:g}")
   recipes = [r for r in args.recipes.split(",") if r]
   unknown = sorted(set(recipes) - set(RECIPES))
   if unknown:
@@ -118,11 +124,12 @@ def main() -> int:
   rows = []
   for recipe in recipes:
     config, split, epochs, _, flags = RECIPES[recipe]
+    epochs = args.epochs or epochs
     got = {}
     for side in ("pretrained", "random"):
       workdir = os.path.join(args.root, f"{recipe}_{side}{suffix[side]}")
       if args.dry_run or not os.path.exists(os.path.join(workdir, "results.csv")):
-        cmd = command(recipe, workdir, starts[side], lrs, seeds)
+        cmd = command(recipe, workdir, starts[side], lrs, seeds, args.epochs)
         show(cmd)
         if args.dry_run:
           continue
@@ -133,7 +140,7 @@ def main() -> int:
       got[side] = scores(workdir, METRIC[config])
     if args.dry_run:
       continue
-    what = (f"{config} {split or 'train'}, {epochs} epoch(s){''.join(' ' + f for f in flags)}, "
+    what = (f"{config} {split or 'train'}, {epochs:g} epoch(s){''.join(' ' + f for f in flags)}, "
             f"{METRIC[config]}")
     for lr in sorted(got["random"]):
       rows.append(f"| {what} | {lr:g} | {cell(got['pretrained'][lr])} | "

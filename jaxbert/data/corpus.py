@@ -19,8 +19,6 @@ import itertools
 import json
 import logging
 import os
-import random
-import re
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -28,6 +26,7 @@ import tensorflow_datasets as tfds
 
 from jaxbert.data import utf8
 from jaxbert.data.docstore import DocumentStore
+from jaxbert.data.sentences import split_sentences
 from jaxbert.errors import UserError
 from jaxbert.progress import progress_bar, quiet_tfds_when_logging
 from jaxbert.tokenizer import Tokenizer
@@ -259,78 +258,6 @@ def _read_all(ds: Sequence) -> Iterator[dict]:
     if records is None:
       records = [ds[k] for k in keys]
     yield from records
-
-
-# ----------------------------------------------------------------------------------
-# Sentences.
-
-# A run of terminators, optional closing quotes/brackets, then whitespace.
-_CANDIDATE = re.compile(r"[.!?]+[\"')\]\u2019\u201d\u00bb]*\s+")
-_OPENERS = frozenset("\"'([\u2018\u201c\u00ab")
-_ABBREVIATIONS = frozenset(
-    "mr mrs ms dr prof sr jr st vs etc cf fig figs no nos vol vols ch sec eq eqs "
-    "approx ca inc ltd co corp dept est gen gov jan feb mar apr jun jul aug sep sept oct "
-    "nov dec mt ft op ed eds p pp viz al".split())
-
-
-def split_sentences(paragraph: str) -> list[str]:
-  """Rule-based sentence split of one paragraph.
-
-  Splits after ".", "!" or "?" (plus closing quotes/brackets) followed by whitespace
-  and an uppercase letter, digit, quote or opening bracket. A "." does not split
-  after a known abbreviation ("Mr.", "etc."), an initial ("J. Smith") or dotted
-  single letters ("e.g.", "U.S."). Returns stripped, non-empty sentences.
-  """
-  if "." not in paragraph and "!" not in paragraph and "?" not in paragraph:
-    s = paragraph.strip()
-    return [s] if s else []
-  out = []
-  begin = 0
-  for m in _CANDIDATE.finditer(paragraph):
-    end = m.end()
-    if end >= len(paragraph):
-      break
-    nxt = paragraph[end]
-    if not (nxt.isupper() or nxt.isdigit() or nxt in _OPENERS):
-      continue
-    if paragraph[m.start()] == "." and m.group().count(".") == 1:
-      space = max(paragraph.rfind(" ", begin, m.start()), paragraph.rfind("\t", begin, m.start()))
-      word = paragraph[max(space + 1, begin):m.start()].lstrip("\"'([\u2018\u201c").lower()
-      # Known abbreviations, initials ("J."), and dotted letters ("e.g.", "U.S.").
-      if word in _ABBREVIATIONS or all(len(p) == 1 and p.isalpha() for p in word.split(".")):
-        continue
-    s = paragraph[begin:m.end()].strip()
-    if s:
-      out.append(s)
-    begin = end
-  s = paragraph[begin:].strip()
-  if s:
-    out.append(s)
-  return out
-
-
-def sentences_for_tokenizer_training(documents: Iterable[list[str]], *,
-                                     max_sentences: int = 2_000_000,
-                                     seed: int = 0) -> list[str]:
-  """A uniform sample of at most `max_sentences` sentences (reservoir sampling).
-
-  Reads the corpus once and keeps memory bounded by the sample, so a tokenizer can
-  be trained on a corpus far larger than the trainer should hold.
-  """
-  rng = random.Random(seed)
-  sample: list[str] = []
-  seen = 0
-  for doc in documents:
-    for line in doc:
-      for sent in split_sentences(line):
-        if seen < max_sentences:
-          sample.append(sent)
-        else:
-          j = rng.randrange(seen + 1)
-          if j < max_sentences:
-            sample[j] = sent
-        seen += 1
-  return sample
 
 
 # ----------------------------------------------------------------------------------
