@@ -23,6 +23,7 @@ from jaxbert import model as model_lib
 from jaxbert import sharding as shd
 from jaxbert.checkpoint import write_json_atomic
 from jaxbert.config import ConfigDict
+from jaxbert.data import scoring
 from jaxbert.data import tasks as tasks_lib
 from jaxbert.early_stopping import EarlyStopping
 from jaxbert.errors import UserError
@@ -223,9 +224,9 @@ class FinetuneTask:
 
   def evaluate(self, params, predict) -> dict[str, float]:
     outputs = self.predict_all(params, predict, self.eval_data)
-    metrics = tasks_lib.evaluate(self.eval_data, outputs)
+    metrics = scoring.evaluate(self.eval_data, outputs)
     if jax.process_index() == 0:
-      tasks_lib.write_predictions(self.eval_data, outputs,
+      scoring.write_predictions(self.eval_data, outputs,
                                   os.path.join(self.workdir, "predictions.jsonl"))
       write_json_atomic(os.path.join(self.workdir, "results.json"),
                         {"task": self.config.data.task, "split": self.config.data.eval_split,

@@ -14,6 +14,7 @@ import tensorflow_datasets as tfds
 from conftest import shared_data_or_skip
 from jaxbert.data import encoding
 from jaxbert.data import qa
+from jaxbert.data import scoring
 from jaxbert.data import tasks
 from jaxbert.errors import UserError
 
@@ -164,7 +165,7 @@ def test_local_tsv_labels_from_train_and_slicing(tmp_path):
   assert dev.arrays["label"].tolist() == [2, 0]
   half = tasks.load_task(str(d), split="train[:50%]", **kw)
   assert [ex["texts"][0] for ex in half.examples] == ["the film is good", "it is bad"]
-  scores = tasks.evaluate(dev, _gold_logits(dev))
+  scores = scoring.evaluate(dev, _gold_logits(dev))
   assert scores == {"accuracy": 1.0, "mcc": 1.0}
   assert dev.spec.main_metric == "accuracy"
   # An edited file is prepared again, not read from the stale array_record.
@@ -187,11 +188,11 @@ def test_local_csv_pair_with_configured_labels_and_predictions(tmp_path):
   assert _pieces(tok, data.arrays["input_ids"][0][:6]) == [
       "[CLS]", "one", ",", "two", "[SEP]", "thr"]
   logits = np.asarray([[0.0, 2.0], [1.0, 0.0], [0.0, 1.0]])  # last one wrong
-  scores = tasks.evaluate(data, {"logits": logits})
+  scores = scoring.evaluate(data, {"logits": logits})
   assert scores["accuracy"] == pytest.approx(2 / 3)
   assert scores["f1"] == pytest.approx(2 / 3)
   path = tmp_path / "out" / "predictions.jsonl"
-  tasks.write_predictions(data, {"logits": logits}, str(path))
+  scoring.write_predictions(data, {"logits": logits}, str(path))
   rows = [json.loads(line) for line in path.read_text().splitlines()]
   assert [r["prediction"] for r in rows] == ["yes", "no", "yes"]
   assert rows[0]["text"] == "one, two" and rows[0]["text_pair"] == "three"
@@ -209,12 +210,12 @@ def test_local_regression_and_unlabeled_test_file(tmp_path):
   train = tasks.load_task(str(d), split="train", **kw)
   assert train.arrays["label"].dtype == np.float32
   assert train.arrays["label"].tolist() == [1.5, 0.0, 4.25]
-  assert tasks.evaluate(train, _gold_logits(train)) == {"spearman": 1.0, "pearson": 1.0}
+  assert scoring.evaluate(train, _gold_logits(train)) == {"spearman": 1.0, "pearson": 1.0}
   test = tasks.load_task(str(d), split="test", **kw)
   assert np.isnan(test.arrays["label"]).all()
   with pytest.raises(UserError, match="unlabeled"):
-    tasks.evaluate(test, {"predictions": np.zeros(1)})
-  tasks.write_predictions(test, {"predictions": np.ones(1)}, str(tmp_path / "p.jsonl"))
+    scoring.evaluate(test, {"predictions": np.zeros(1)})
+  scoring.write_predictions(test, {"predictions": np.ones(1)}, str(tmp_path / "p.jsonl"))
   row = json.loads((tmp_path / "p.jsonl").read_text())
   assert row["prediction"] == 1.0 and row["label"] is None
 
@@ -308,19 +309,19 @@ def test_conll_first_piece_labels_and_round_trip(tmp_path):
   assert data.counts["truncated"] == 1
   assert data.counts["truncated_words"] == 1
   outputs = _gold_logits(data)
-  decoded = tasks.decode_predictions(data, outputs)
+  decoded = scoring.decode_predictions(data, outputs)
   assert decoded[2]["prediction"] == ["O", "B-PER", "O", "O"]  # Westminster cut -> O
-  scores = tasks.evaluate(data, outputs)
+  scores = scoring.evaluate(data, outputs)
   assert scores["precision"] == 1.0
   assert scores["recall"] == pytest.approx(4 / 5)
-  tasks.write_predictions(data, outputs, str(tmp_path / "ner.jsonl"))
+  scoring.write_predictions(data, outputs, str(tmp_path / "ner.jsonl"))
   last = json.loads((tmp_path / "ner.jsonl").read_text().splitlines()[-1])
   assert last["tokens"][-1] == "Westminster"
   assert last["prediction"][-1] == "O" and last["label"][-1] == "B-LOC"
   roomy = tasks.load_task(str(d), split="train", tokenizer=tok, max_seq_len=32,
                           data_dir=str(tmp_path / "tfds"))
   assert roomy.counts["truncated"] == 0
-  assert tasks.evaluate(roomy, _gold_logits(roomy))["f1"] == 1.0
+  assert scoring.evaluate(roomy, _gold_logits(roomy))["f1"] == 1.0
 
 
 def test_conll_errors_name_file_and_line(tmp_path):
@@ -391,10 +392,10 @@ def test_qa_windows_and_gold_decoding(tmp_path):
   # Only some windows of q1 hold the answer; the others point at [CLS].
   assert 0 < np.count_nonzero(a["start_positions"][q1]) < len(q1)
   outputs = _gold_logits(data)
-  decoded = tasks.decode_predictions(data, outputs)
+  decoded = scoring.decode_predictions(data, outputs)
   assert [d["prediction"] for d in decoded] == ["Paris", "Intro text", "Blue"]
-  assert tasks.evaluate(data, outputs) == {"exact_match": 1.0, "f1": 1.0}
-  tasks.write_predictions(data, outputs, str(tmp_path / "qa.jsonl"))
+  assert scoring.evaluate(data, outputs) == {"exact_match": 1.0, "f1": 1.0}
+  scoring.write_predictions(data, outputs, str(tmp_path / "qa.jsonl"))
   first = json.loads((tmp_path / "qa.jsonl").read_text().splitlines()[0])
   assert first["id"] == "q1" and first["prediction"] == "Paris"
   assert first["answers"] == ["Paris", "Paris, a city"]
@@ -407,19 +408,19 @@ def test_qa_decoding_limits_and_v2_null_answers(tmp_path):
                          max_query_len=8)
   assert data.spec.version_2
   outputs = _gold_logits(data)
-  assert [d["prediction"] for d in tasks.decode_predictions(data, outputs)][2] == ""
-  scores = tasks.evaluate(data, outputs)
+  assert [d["prediction"] for d in scoring.decode_predictions(data, outputs)][2] == ""
+  scores = scoring.evaluate(data, outputs)
   assert scores["exact_match"] == 1.0 and scores["no_ans_exact_match"] == 1.0
   # A null score barely above the best span answers "" unless the threshold allows.
   q1 = np.nonzero(data.metadata["example_index"] == 0)[0]
   for f in q1:
     outputs["start_logits"][f, 0] = outputs["end_logits"][f, 0] = 10.5
-  assert tasks.decode_predictions(data, outputs)[0]["prediction"] == ""
+  assert scoring.decode_predictions(data, outputs)[0]["prediction"] == ""
   data.options["null_score_threshold"] = 2.0
-  assert tasks.decode_predictions(data, outputs)[0]["prediction"] == "Paris"
+  assert scoring.decode_predictions(data, outputs)[0]["prediction"] == "Paris"
   # Spans longer than max_answer_len are never chosen.
   data.options["max_answer_len"] = 1
-  assert tasks.decode_predictions(data, outputs)[1]["prediction"] != "Intro text"
+  assert scoring.decode_predictions(data, outputs)[1]["prediction"] != "Intro text"
 
 
 def test_qa_answer_inside_a_piece_and_bad_json(tmp_path):
@@ -431,7 +432,7 @@ def test_qa_answer_inside_a_piece_and_bad_json(tmp_path):
   kw = dict(tokenizer=FakeTokenizer(), max_seq_len=16, data_dir=str(tmp_path / "tfds"))
   data = tasks.load_task(str(d), split="dev", **kw)
   # "cd" lies inside the pieces "abc" + "##def": the span covers both.
-  assert tasks.decode_predictions(data, _gold_logits(data))[0]["prediction"] == "abcdef"
+  assert scoring.decode_predictions(data, _gold_logits(data))[0]["prediction"] == "abcdef"
   path = _write(d / "dev.json", '{"data": [{"title": "t", "paragraphs": [{"qas": []}]}]}')
   with pytest.raises(UserError, match=re.escape(path) + r".*paragraphs\[0\].*'context'"):
     tasks.load_task(str(d), split="dev", **kw)
@@ -480,9 +481,9 @@ def test_tfds_named_tasks_with_mock_data():
   assert mrpc.spec.main_metric == "f1"
   assert mrpc.arrays["input_ids"].shape == (6, 24)
   assert mrpc.arrays["token_type_ids"].max() == 1  # a pair
-  assert tasks.evaluate(mrpc, _gold_logits(mrpc))["accuracy"] == 1.0
+  assert scoring.evaluate(mrpc, _gold_logits(mrpc))["accuracy"] == 1.0
   assert stsb.spec.kind == "regression" and stsb.counts["examples"] == 6
-  assert tasks.evaluate(stsb, _gold_logits(stsb))["pearson"] == pytest.approx(1.0)
+  assert scoring.evaluate(stsb, _gold_logits(stsb))["pearson"] == pytest.approx(1.0)
   with pytest.raises(UserError, match="do not apply to the tfds task"):
     tasks.load_task("glue/sst2", split="train", tokenizer=tok, max_seq_len=8,
                     text_column="x")
@@ -508,7 +509,7 @@ def test_shared_sst2_validation_slice():
   assert [ex["texts"][0] for ex in data.examples] == \
       [raw[i]["sentence"].decode("utf-8") for i in range(20)]
   assert set(data.arrays["label"].tolist()) == {0, 1}
-  assert tasks.evaluate(data, _gold_logits(data)) == {"accuracy": 1.0}
+  assert scoring.evaluate(data, _gold_logits(data)) == {"accuracy": 1.0}
 
 
 def test_shared_squad_slicing_cuts_articles_but_article_split_does_not():

@@ -25,7 +25,7 @@ Both sides start from the same weights and train on the same encoded data:
 
 What still differs: the new classifier's random initialisation and the dropout masks
 (different random number generators), and jaxbert also writes checkpoints and its
-predictions file. Both are scored by `jaxbert.data.tasks.evaluate` on the whole eval
+predictions file. Both are scored by `jaxbert.data.scoring.evaluate` on the whole eval
 split. Wall times: "train" is the training loop (jaxbert: the sum of the logged training
 intervals of metrics.jsonl, which include the XLA compile of the train step); "total"
 also counts reading and encoding the data, loading the weights, the final evaluation
@@ -173,6 +173,7 @@ def run_jaxbert(args, bundle: str) -> dict:
 def run_peer(args, bundle: str) -> dict:
   """Fine-tunes transformers' BertForSequenceClassification on PyTorch; metrics and times."""
   torch, transformers = _import_peers()
+  from jaxbert.data import scoring  # pylint: disable=g-import-not-at-top
   from jaxbert.data import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
   from jaxbert.errors import UserError  # pylint: disable=g-import-not-at-top
   from jaxbert.tokenizer import load_tokenizer  # pylint: disable=g-import-not-at-top
@@ -247,7 +248,7 @@ def run_peer(args, bundle: str) -> dict:
                           attention_mask=tensor(a["attention_mask"][sl])).logits.numpy())
   logits = np.concatenate(logits).astype(np.float32)
   outputs = ({"predictions": logits[:, 0]} if spec.kind == "regression" else {"logits": logits})
-  metrics = tasks_lib.evaluate(eval_data, outputs)
+  metrics = scoring.evaluate(eval_data, outputs)
   eval_s = time.perf_counter() - t_eval
   return {"metrics": metrics, "train_s": train_s, "total_s": time.perf_counter() - t0,
           "cpu_s": time.process_time() - c0, "steps": steps, "data_s": data_s, "eval_s": eval_s,
