@@ -61,6 +61,11 @@ def pretrain_config(preset_name: str = "mini") -> ConfigDict:
   c = ConfigDict()
   c.task = "pretrain"
   c.name = f"pretrain-{preset_name}"
+  # Continued pre-training (say at a longer sequence length, as BERT's second phase, or on
+  # more text): a pre-training workdir, checkpoint step folder or bundle whose encoder and
+  # MLM/NSP heads start this run, with its tokenizer; optimizer, step and schedule start
+  # fresh. config.model must describe the same architecture (dropout may differ).
+  c.init = ""
   c.model = model_config(preset_name)
   c.data = ConfigDict({
       # A local file, folder or glob (one sentence/paragraph per line, blank line between

@@ -82,7 +82,7 @@ class FinetuneTask:
     self.mesh = mesh
     self.batch_sharding = shd.batch_sharding(mesh)
     d = config.data
-    self.source = handover.open_source(config.init) if config.init else None
+    self.source = handover.source_for_run(config)
     if config.reinit and self.source is None:
       raise UserError(f"config.reinit={config.reinit!r} re-initialises parts of a pre-trained "
                       "encoder, but config.init is empty; set config.init or drop config.reinit")
@@ -90,8 +90,6 @@ class FinetuneTask:
       handover.reinit_prefixes(config.reinit, self.source.model_cfg.num_layers)  # fail early
       self.tokenizer = self.source.tokenizer
       base_cfg = self.source.model_cfg
-      if config.tokenizer.path:
-        raise UserError("set either config.init (its tokenizer is used) or config.tokenizer.path")
     else:
       from jaxbert.defaults import bert_config  # pylint: disable=g-import-not-at-top
       from jaxbert.tokenizer import load_tokenizer, padded_vocab_size  # pylint: disable=g-import-not-at-top
@@ -101,9 +99,7 @@ class FinetuneTask:
       self.tokenizer = load_tokenizer(config.tokenizer.path)
       base_cfg = bert_config(config.model, padded_vocab_size(self.tokenizer.vocab_size))
     # Dropout may be retuned for fine-tuning; the architecture comes from the checkpoint.
-    self.model_cfg = base_cfg.replace(hidden_dropout=config.model.hidden_dropout,
-                                      attention_dropout=config.model.attention_dropout,
-                                      dtype=config.model.dtype, remat=config.model.remat)
+    self.model_cfg = handover.run_model_config(base_cfg, config.model)
     if d.max_seq_len > self.model_cfg.max_position_embeddings:
       raise UserError(f"config.data.max_seq_len={d.max_seq_len} exceeds the model's "
                       f"max_position_embeddings={self.model_cfg.max_position_embeddings}")
@@ -193,12 +189,8 @@ class FinetuneTask:
   def init_params(self, params, param_shardings):
     if self.source is None:
       return params
-    params, report = handover.load_encoder(self.source, params, param_shardings,
-                                           reinit=self.config.reinit)
-    if jax.process_index() == 0:
-      print(report.describe())
-      write_json_atomic(os.path.join(self.workdir, "handover.json"), report.to_dict())
-    return params
+    return handover.hand_over(self.source, params, param_shardings, self.workdir,
+                              reinit=self.config.reinit)
 
   def flops_per_batch(self) -> float:
     heads = {"classification": self.spec.num_labels, "regression": 1,

@@ -1,9 +1,10 @@
-"""Hand-over of a pre-trained encoder into a fine-tuning model.
+"""Hand-over of pre-trained weights into a new run.
 
 `config.init` names a pre-training workdir (its latest checkpoint), one checkpoint
-step folder inside it, or a bundle from `jaxbert import-hf`. Only the encoder
-(`bert/...`) is read, through an Orbax partial restore straight into the target
-shardings; heads are new and the optimizer starts fresh.
+step folder inside it, or a bundle from `jaxbert import-hf`. Fine-tuning reads only
+the encoder (`bert/...`), continued pre-training the MLM and NSP heads too, through
+an Orbax partial restore straight into the target shardings; new heads are
+initialised, and the optimizer, step and schedule start fresh.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import orbax.checkpoint as ocp
 from flax import traverse_util
 
 from jaxbert.checkpoint import (MODEL_JSON, integrity_problem, load_bundle, read_model_json,
-                                write_tokenizer_files)
+                                write_json_atomic, write_tokenizer_files)
 from jaxbert.config import ConfigDict
 from jaxbert.errors import UserError
 from jaxbert.model import BertConfig
@@ -86,6 +87,25 @@ def open_source(init: str, key: str = "config.init") -> Source:
   model_cfg = bert_config(run_config.model, padded_vocab_size(tokenizer.vocab_size))
   return Source(os.path.join(step_dir, "default"), ("params",), model_cfg, tokenizer,
                 f"run {workdir} step {os.path.basename(step_dir)}")
+
+
+def source_for_run(config: ConfigDict) -> Source | None:
+  """The run's `config.init` opened, or None without one.
+
+  The source brings its tokenizer, so a `config.tokenizer.path` beside it is refused.
+  """
+  if not config.get("init"):
+    return None
+  if config.tokenizer.get("path"):
+    raise UserError("set either config.init (its tokenizer is used) or config.tokenizer.path")
+  return open_source(config.init)
+
+
+def run_model_config(architecture: BertConfig, model: ConfigDict) -> BertConfig:
+  """`architecture` with the run's dropout, dtype and remat, which a run may retune."""
+  return architecture.replace(hidden_dropout=model.hidden_dropout,
+                              attention_dropout=model.attention_dropout,
+                              dtype=model.dtype, remat=model.remat)
 
 
 def _checkpoint_tokenizer(step_dir: str) -> str | None:
@@ -157,10 +177,12 @@ def _flat(tree) -> dict[str, object]:
   return {"/".join(k): v for k, v in traverse_util.flatten_dict(tree).items()}
 
 
-def load_encoder(source: Source, params, shardings, reinit: str = ""):
+def load_encoder(source: Source, params, shardings, reinit: str = "", heads: bool = False):
   """params with every `bert/...` leaf the source has replaced by the pre-trained value.
 
-  Leaves under `reinit` (see `reinit_prefixes`) keep their fresh initialisation.
+  With `heads`, every other leaf the source has as well (the MLM and NSP heads, for
+  continued pre-training). Leaves under `reinit` (see `reinit_prefixes`) keep their
+  fresh initialisation.
   """
   with ocp.PyTreeCheckpointer() as ckptr:
     try:
@@ -176,7 +198,7 @@ def load_encoder(source: Source, params, shardings, reinit: str = ""):
     skip = reinit_prefixes(reinit, source.model_cfg.num_layers)
     fresh = {k: saved[k] for k in target if k in saved and k.startswith(skip)} if skip else {}
     loaded = {k: saved[k] for k in target
-              if k.startswith("bert/") and k in saved and k not in fresh}
+              if (heads or k.startswith("bert/")) and k in saved and k not in fresh}
     for k, shape in loaded.items():
       if tuple(target[k].shape) != shape:
         raise UserError(f"{source.description}: pre-trained tensor {k} has shape {shape} but "
@@ -208,6 +230,16 @@ def load_encoder(source: Source, params, shardings, reinit: str = ""):
       dropped={k: s for k, s in saved.items() if k not in loaded and k not in fresh},
       reinitialised=fresh)
   return traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in merged.items()}), report
+
+
+def hand_over(source: Source, params, shardings, workdir: str, *, reinit: str = "",
+              heads: bool = False):
+  """`load_encoder`, its report printed and written to WORKDIR/handover.json; the params."""
+  params, report = load_encoder(source, params, shardings, reinit=reinit, heads=heads)
+  if jax.process_index() == 0:
+    print(report.describe())
+    write_json_atomic(os.path.join(workdir, "handover.json"), report.to_dict())
+  return params
 
 
 # --- reading a checkpoint's parameters whole (export-hf, embed, tools) -----------

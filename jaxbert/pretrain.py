@@ -6,6 +6,7 @@ document store) is cached in the workdir, so a resumed run starts in seconds.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -20,6 +21,7 @@ import numpy as np
 import optax
 
 from jaxbert import flops as flops_lib
+from jaxbert import handover
 from jaxbert import sharding as shd
 from jaxbert.config import ConfigDict
 from jaxbert.data import corpus as corpus_lib
@@ -177,15 +179,34 @@ def packed(examples: PretrainingExamples, max_segments) -> PackedExamples:
   return rows
 
 
+def _check_architecture(wanted, source: handover.Source) -> None:
+  """Refuses continued pre-training into a model that config.model describes differently."""
+  run_options = {"hidden_dropout", "attention_dropout", "dtype", "remat", "initializer_range"}
+  have = dataclasses.asdict(source.model_cfg)
+  differ = {k: (v, have[k]) for k, v in dataclasses.asdict(wanted).items()
+            if k not in run_options and v != have[k]}
+  if differ:
+    listed = ", ".join(f"{k}={a!r} (the checkpoint has {b!r})" for k, (a, b) in sorted(differ.items()))
+    raise UserError(f"config.model does not describe the model in config.init={source.description}: "
+                    f"{listed}; use the config the checkpoint was trained with, or set those "
+                    "config.model keys to the checkpoint's values")
+
+
 class PretrainTask:
   """MLM + NSP on a corpus; see jaxbert/train.py for the Task protocol."""
 
   def __init__(self, config: ConfigDict, workdir: str, mesh):
     self.config = config
+    self.workdir = workdir
     self.batch_sharding = shd.batch_sharding(mesh)
-    self.tokenizer = prepare_tokenizer(config, workdir)
+    self.source = handover.source_for_run(config)
+    self.tokenizer = (self.source.tokenizer if self.source is not None
+                      else prepare_tokenizer(config, workdir))
     vocab = tok_lib.padded_vocab_size(self.tokenizer.vocab_size)
     self.model_cfg = bert_config(config.model, vocab)
+    if self.source is not None:
+      _check_architecture(self.model_cfg, self.source)
+      self.model_cfg = handover.run_model_config(self.source.model_cfg, config.model)
     tok_lib.check_vocab(self.tokenizer, self.model_cfg.vocab_size, "config.model")
     d = config.data
     if d.max_seq_len > self.model_cfg.max_position_embeddings:
@@ -243,8 +264,9 @@ class PretrainTask:
     return batch_iterator(source, self.config.data.num_workers)
 
   def init_params(self, params, param_shardings):
-    del param_shardings
-    return params
+    if self.source is None:
+      return params
+    return handover.hand_over(self.source, params, param_shardings, self.workdir, heads=True)
 
   def flops_per_batch(self) -> float:
     d = self.config.data

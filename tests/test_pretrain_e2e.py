@@ -104,3 +104,51 @@ def test_packing_must_be_a_count(corpus_file, tmp_path):
   config.data.packing = -1  # the config's type check refuses a float or a string itself
   with pytest.raises(UserError, match="config.data.packing"):
     run(config, str(tmp_path / "bad"), devices=jax.devices()[:1])
+
+
+def test_continued_pretraining_starts_from_every_parameter_of_the_run(reference_run, corpus_file,
+                                                                     tmp_path, monkeypatch):
+  from flax import traverse_util
+  ref_dir, _ = reference_run
+  handed = {}
+  real = pretrain.PretrainTask.init_params
+
+  def spy(self, params, shardings):
+    params = real(self, params, shardings)
+    handed.update(traverse_util.flatten_dict(jax.device_get(params)))
+    return params
+
+  monkeypatch.setattr(pretrain.PretrainTask, "init_params", spy)
+  config = tiny_config(corpus_file, steps=4, eval_every=4)
+  config.init = ref_dir
+  config.model.hidden_dropout = 0.0  # dropout may differ from the first run's
+  config.data.max_seq_len = 48       # a longer second phase, as BERT's
+  workdir = tmp_path / "continued"
+  run(config, str(workdir), devices=jax.devices()[:1])
+  _, ref = final_params(ref_dir)
+  assert set(handed) == set(ref)  # encoder, MLM and NSP heads
+  for k in ref:
+    np.testing.assert_array_equal(handed[k], ref[k], err_msg="/".join(k))
+  report = json.loads((workdir / "handover.json").read_text())
+  assert report["new"]["tensors"] == 0 and report["dropped"]["tensors"] == 0
+  assert report["loaded"]["tensors"] == len(ref)
+  train = [json.loads(l) for l in open(workdir / "metrics.jsonl")]
+  assert [l["step"] for l in train if l["split"] == "train"] == [2, 4]
+  assert os.path.exists(workdir / "tokenizer" / "spm.model")
+
+
+def test_continued_pretraining_refuses_another_architecture_or_tokenizer(reference_run,
+                                                                          corpus_file, tmp_path):
+  from jaxbert.errors import UserError
+  ref_dir, _ = reference_run
+  config = tiny_config(corpus_file)
+  config.init = ref_dir
+  config.model.num_layers = 3
+  with pytest.raises(UserError, match=r"num_layers=3 \(the checkpoint has 2\)"):
+    run(config, str(tmp_path / "deeper"), devices=jax.devices()[:1])
+  config = tiny_config(corpus_file)
+  config.init = ref_dir
+  config.tokenizer.path = os.path.join(ref_dir, "tokenizer")
+  with pytest.raises(UserError, match="either config.init"):
+    run(config, str(tmp_path / "two_tokenizers"), devices=jax.devices()[:1])
+  assert not os.path.exists(tmp_path / "deeper" / "checkpoints")
