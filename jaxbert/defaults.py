@@ -114,6 +114,9 @@ def finetune_config(task: str = "glue/sst2") -> ConfigDict:
   # Architecture for random initialisation only (with tokenizer.path); dropout, dtype and
   # remat apply in both cases.
   c.model = model_config("mini")
+  # Sentence classification and regression read "cls" (the pooler on [CLS], as BERT) or
+  # "mean" (the average of the encoder's outputs over the real pieces).
+  c.head = ConfigDict({"pooling": "cls"})
   c.tokenizer = ConfigDict({"path": ""})
   c.data = ConfigDict({
       "task": task,             # a tfds name (glue/sst2, conll2003, squad/v1.1, ...) or local file

@@ -31,11 +31,14 @@ from jaxbert.errors import UserError
 log = logging.getLogger("jaxbert")
 
 
-def build_model(cfg: model_lib.BertConfig, spec):
+POOLINGS = ("cls", "mean")
+
+
+def build_model(cfg: model_lib.BertConfig, spec, pooling: str = "cls"):
   if spec.kind == "classification":
-    return model_lib.BertForSequenceClassification(cfg, spec.num_labels)
+    return model_lib.BertForSequenceClassification(cfg, spec.num_labels, pooling)
   if spec.kind == "regression":
-    return model_lib.BertForSequenceClassification(cfg, 1)
+    return model_lib.BertForSequenceClassification(cfg, 1, pooling)
   if spec.kind == "token_classification":
     return model_lib.BertForTokenClassification(cfg, spec.num_labels)
   if spec.kind == "qa":
@@ -111,7 +114,9 @@ class FinetuneTask:
     self.train_data = load(d.train_split, d.train_options)
     self.eval_data = load(d.eval_split, d.eval_options)
     self.spec = self.train_data.spec
-    self.model = build_model(self.model_cfg, self.spec)
+    if config.head.pooling not in POOLINGS:
+      raise UserError(f"config.head.pooling={config.head.pooling!r} is not one of {list(POOLINGS)}")
+    self.model = build_model(self.model_cfg, self.spec, config.head.pooling)
     self.global_batch = config.train.batch_size
     self.local_batch = self.global_batch // jax.process_count()
     n = self.train_data.num_features

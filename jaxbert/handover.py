@@ -308,5 +308,8 @@ def read_checkpoint(path: str, key: str = "checkpoint") -> Checkpoint:
           if run_config.get("task") == "finetune" else None)
   token = kind is not None and kind.kind == "token_classification"
   architectures = ["BertForTokenClassification"] if token else []
-  return Checkpoint(params, cfg, source.tokenizer, bundle_head(heads, architectures), {},
+  # A sentence classifier may read the mean of the outputs instead of the pooled [CLS].
+  extra = ({"pooling": run_config.get("head", {}).get("pooling", "cls")}
+           if run_config.get("task") == "finetune" else {})
+  return Checkpoint(params, cfg, source.tokenizer, bundle_head(heads, architectures), extra,
                     source.description)

@@ -296,14 +296,22 @@ class BertForPreTraining(nn.Module):
 
 
 class BertForSequenceClassification(nn.Module):
-  """Pooled output -> dropout -> num_labels logits (num_labels=1: regression)."""
+  """Pooled output -> dropout -> num_labels logits (num_labels=1: regression).
+
+  pooling "cls": the pooler's dense + tanh on [CLS] (BERT's); "mean": the average of
+  the sequence output over the real (attention_mask) pieces, the pooler unused.
+  """
 
   cfg: BertConfig
   num_labels: int
+  pooling: str = "cls"
 
   @nn.compact
   def __call__(self, batch, *, deterministic: bool = True):
-    _, pooled = _encode(BertModel(self.cfg, name="bert"), batch, deterministic)
+    seq, pooled = _encode(BertModel(self.cfg, name="bert"), batch, deterministic)
+    if self.pooling == "mean":
+      real = batch["attention_mask"][..., None].astype(seq.dtype)  # (B, T, 1)
+      pooled = (seq * real).sum(1) / jnp.maximum(real.sum(1), 1)
     pooled = Dropout(self.cfg.hidden_dropout)(pooled, deterministic=deterministic)
     return {"logits": _dense(self.cfg, self.num_labels, "classifier")(pooled).astype(jnp.float32)}
 

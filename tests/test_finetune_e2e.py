@@ -131,3 +131,20 @@ def test_init_path_that_does_not_exist(task_dir, tmp_path):
   with pytest.raises(UserError, match="no such file"):
     run(tiny_finetune_config(str(tmp_path / "nope"), task_dir), str(tmp_path / "w"),
         devices=jax.devices()[:1])
+
+
+def test_mean_pooled_classifier_trains_and_is_not_exported_as_a_cls_classifier(
+    reference_run, task_dir, tmp_path):
+  from jaxbert.hf import export_hf
+  pre_dir, _ = reference_run
+  workdir = str(tmp_path / "mean")
+  metrics = run(tiny_finetune_config(pre_dir, task_dir, head__pooling="mean"), workdir,
+                devices=jax.devices()[:1])
+  assert 0.0 <= metrics["accuracy"] <= 1.0
+  with pytest.raises(UserError, match="head.pooling='mean'"):
+    export_hf(workdir, str(tmp_path / "hf"))
+  assert not os.path.exists(tmp_path / "hf")
+  export_hf(workdir, str(tmp_path / "hf_encoder"), architecture="BertModel")
+  with pytest.raises(UserError, match="config.head.pooling='max'"):
+    run(tiny_finetune_config(pre_dir, task_dir, head__pooling="max"), str(tmp_path / "max"),
+        devices=jax.devices()[:1])

@@ -133,6 +133,21 @@ def test_task_heads(cls, kw, key, shape):
   assert model.apply({"params": params}, batch)[key].shape == shape
 
 
+def test_mean_pooled_classifier_averages_the_real_pieces_only(pretraining_params):
+  batch = _batch(np.random.default_rng(8))
+  model = M.BertForSequenceClassification(TINY, 3, pooling="mean")
+  params = model.init(jax.random.key(0), batch)["params"]
+  logits = model.apply({"params": params}, batch)["logits"]
+  seq = M.BertEncoderOnly(TINY).apply({"params": {"bert": params["bert"]}},
+                                      batch)["sequence_output"]
+  mask = batch["attention_mask"].astype(bool)
+  mean = np.stack([np.asarray(seq)[i][mask[i]].mean(0) for i in range(3)])
+  k = params["classifier"]
+  np.testing.assert_allclose(logits, mean @ k["kernel"] + k["bias"], atol=1e-5)
+  longer = {n: np.pad(v, ((0, 0), (0, 5))) for n, v in batch.items() if n != "masked_positions"}
+  np.testing.assert_allclose(model.apply({"params": params}, longer)["logits"], logits, atol=1e-5)
+
+
 def test_config_validation():
   with pytest.raises(ValueError, match="divisible"):
     M.BertConfig(hidden_size=30, num_heads=4)

@@ -54,3 +54,5 @@ def test_commands_carry_learning_rates_seeds_and_recipe_flags(monkeypatch):
   assert "--config.sweep.space.optim.lr=[0.0003,0.001]" in gain.command("sst2_2k", "W", [])
   assert "--config.train.epochs=3" in gain.command("sst2_2k", "W", [])
   assert "--config.train.epochs=10" in gain.command("sst2_2k", "W", [], epochs=10.0)
+  assert "--config.head.pooling=mean" in gain.command("sst2_2k", "W", [],
+                                                      settings=("head.pooling=mean",))

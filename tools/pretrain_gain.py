@@ -10,7 +10,8 @@ with the same architecture (its config.json) and tokenizer (its tokenizer/ folde
 Each command is printed before it runs; a sweep whose workdir is finished is not run
 again (a sweep resumes). `--reinit` re-initialises parts of the pre-trained encoder
 (`config.reinit`) on the pre-trained side only. `--lrs` replaces the recipes' learning
-rates, `--epochs` their training length, and `--seeds` trains each setting once per seed
+rates, `--epochs` their training length, `--set KEY=VALUE` (repeatable) adds
+`--config.KEY=VALUE` to both sides, and `--seeds` trains each setting once per seed
 (fine-tuning scores of small models move by a point or two with the seed alone).
 Printed, and written to ROOT/gain.md: each learning rate's validation score from both
 starts (the median over seeds, with min and max), and the best median of one against
@@ -45,9 +46,11 @@ METRIC = {"sst2": "accuracy", "conll2003": "f1"}
 
 
 def command(recipe: str, workdir: str, start: list[str], lrs: list[float] | None = None,
-            seeds: list[int] | None = None, epochs: float | None = None) -> list[str]:
+            seeds: list[int] | None = None, epochs: float | None = None,
+            settings: tuple[str, ...] = ()) -> list[str]:
   """The `jaxbert sweep` of one recipe from one start; lrs/epochs=None: the recipe's own."""
   config, split, recipe_epochs, recipe_lrs, flags = RECIPES[recipe]
+  flags = (*flags, *(f"--config.{s}" for s in settings))
   epochs = epochs or recipe_epochs
   cmd = ["jaxbert", "sweep", "--config", f"configs/finetune/{config}.py", "--workdir", workdir,
          *start, *COMMON, *flags]
@@ -102,6 +105,8 @@ def main() -> int:
   p.add_argument("--lrs", default="", help="learning rates for every recipe, e.g. 1e-4,3e-4")
   p.add_argument("--epochs", type=float, default=None,
                  help="training epochs for every recipe (default: each recipe's own)")
+  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                 help="a config setting for both sides, e.g. head.pooling=mean (repeatable)")
   p.add_argument("--seeds", default="", help="fine-tuning seeds, e.g. 0,1,2 (default: 0 only)")
   p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
   args = p.parse_args()
@@ -110,6 +115,9 @@ def main() -> int:
     seeds = [int(x) for x in args.seeds.split(",") if x] or None
   except ValueError as e:
     p.error(f"--lrs takes numbers and --seeds integers, comma-separated: {e}")
+  bad = [x for x in args.set if "=" not in x or x.startswith("config.")]
+  if bad:
+    p.error(f"--set takes KEY=VALUE with KEY as after --config. (head.pooling=mean), not {bad}")
   if args.epochs is not None and args.epochs <= 0:
     p.error(f"--epochs must be positive, not {args.epochs:g}")
   recipes = [r for r in args.recipes.split(",") if r]
@@ -125,11 +133,12 @@ def main() -> int:
   for recipe in recipes:
     config, split, epochs, _, flags = RECIPES[recipe]
     epochs = args.epochs or epochs
+    flags = (*flags, *(f"--config.{s}" for s in args.set))
     got = {}
     for side in ("pretrained", "random"):
       workdir = os.path.join(args.root, f"{recipe}_{side}{suffix[side]}")
       if args.dry_run or not os.path.exists(os.path.join(workdir, "results.csv")):
-        cmd = command(recipe, workdir, starts[side], lrs, seeds, args.epochs)
+        cmd = command(recipe, workdir, starts[side], lrs, seeds, args.epochs, tuple(args.set))
         show(cmd)
         if args.dry_run:
           continue

@@ -73,6 +73,12 @@ def export_hf(checkpoint: str, out_dir: str, architecture: str | None = None,
     raise UserError(f"{arch} needs the {', '.join(HEAD_DESCRIPTIONS[h] for h in lacking)}, which "
                     f"{ckpt.description} does not have (it has: {', '.join(heads) or 'no head'}); "
                     "export it as BertModel")
+  pooling = ckpt.extra.get("pooling", "cls")
+  if arch == "BertForSequenceClassification" and pooling != "cls":
+    raise UserError(f"{ckpt.description} was fine-tuned with head.pooling={pooling!r}, but "
+                    "transformers' BertForSequenceClassification classifies the pooled [CLS], so "
+                    "it would predict differently; export the encoder with --architecture "
+                    "BertModel and pool its outputs yourself")
   num_labels = flat[("classifier", "kernel")].shape[1] if "classifier" in heads else 0
   rows = encoder_tensors(cfg) + (pooler_tensors(cfg) if with_pooler else [])
   prefix = "" if arch == "BertModel" else "bert."
