@@ -224,7 +224,7 @@ class FinetuneTask:
     metrics = scoring.evaluate(self.eval_data, outputs)
     if jax.process_index() == 0:
       scoring.write_predictions(self.eval_data, outputs,
-                                  os.path.join(self.workdir, "predictions.jsonl"))
+                                os.path.join(self.workdir, "predictions.jsonl"))
       write_json_atomic(os.path.join(self.workdir, "results.json"),
                         {"task": self.config.data.task, "split": self.config.data.eval_split,
                          "metrics": metrics, "counts": self.eval_data.counts,
