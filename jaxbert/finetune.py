@@ -85,6 +85,8 @@ class FinetuneTask:
     self.mesh = mesh
     self.batch_sharding = shd.batch_sharding(mesh)
     d = config.data
+    if config.head.pooling not in POOLINGS:
+      raise UserError(f"config.head.pooling={config.head.pooling!r} is not one of {list(POOLINGS)}")
     self.source = handover.source_for_run(config)
     if config.reinit and self.source is None:
       raise UserError(f"config.reinit={config.reinit!r} re-initialises parts of a pre-trained "
@@ -114,8 +116,6 @@ class FinetuneTask:
     self.train_data = load(d.train_split, d.train_options)
     self.eval_data = load(d.eval_split, d.eval_options)
     self.spec = self.train_data.spec
-    if config.head.pooling not in POOLINGS:
-      raise UserError(f"config.head.pooling={config.head.pooling!r} is not one of {list(POOLINGS)}")
     self.model = build_model(self.model_cfg, self.spec, config.head.pooling)
     self.global_batch = config.train.batch_size
     self.local_batch = self.global_batch // jax.process_count()

@@ -179,17 +179,23 @@ def packed(examples: PretrainingExamples, max_segments) -> PackedExamples:
   return rows
 
 
-def _check_architecture(wanted, source: handover.Source) -> None:
-  """Refuses continued pre-training into a model that config.model describes differently."""
-  run_options = {"hidden_dropout", "attention_dropout", "dtype", "remat", "initializer_range"}
-  have = dataclasses.asdict(source.model_cfg)
+def _continued_model_config(wanted, source: handover.Source, model: ConfigDict):
+  """The checkpoint's model with the run's options; refuses another architecture.
+
+  `wanted` is what config.model describes; only what `handover.run_model_config` takes
+  from the run (dropout, dtype, remat) may differ, and the initialisation scale, which
+  loaded weights make moot.
+  """
+  target = handover.run_model_config(source.model_cfg, model)
+  have = dataclasses.asdict(target)
   differ = {k: (v, have[k]) for k, v in dataclasses.asdict(wanted).items()
-            if k not in run_options and v != have[k]}
+            if k != "initializer_range" and v != have[k]}
   if differ:
     listed = ", ".join(f"{k}={a!r} (the checkpoint has {b!r})" for k, (a, b) in sorted(differ.items()))
     raise UserError(f"config.model does not describe the model in config.init={source.description}: "
                     f"{listed}; use the config the checkpoint was trained with, or set those "
                     "config.model keys to the checkpoint's values")
+  return target
 
 
 class PretrainTask:
@@ -205,8 +211,7 @@ class PretrainTask:
     vocab = tok_lib.padded_vocab_size(self.tokenizer.vocab_size)
     self.model_cfg = bert_config(config.model, vocab)
     if self.source is not None:
-      _check_architecture(self.model_cfg, self.source)
-      self.model_cfg = handover.run_model_config(self.source.model_cfg, config.model)
+      self.model_cfg = _continued_model_config(self.model_cfg, self.source, config.model)
     tok_lib.check_vocab(self.tokenizer, self.model_cfg.vocab_size, "config.model")
     d = config.data
     if d.max_seq_len > self.model_cfg.max_position_embeddings:

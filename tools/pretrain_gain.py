@@ -45,13 +45,18 @@ COMMON = ["--config.data.max_seq_len=64", "--config.train.prng_impl=rbg"]
 METRIC = {"sst2": "accuracy", "conll2003": "f1"}
 
 
+def recipe_settings(recipe: str, epochs: float | None = None, settings: tuple[str, ...] = ()):
+  """(config, split, epochs, flags) of a recipe with the command line's overrides."""
+  config, split, recipe_epochs, _, flags = RECIPES[recipe]
+  return config, split, epochs or recipe_epochs, (*flags, *(f"--config.{s}" for s in settings))
+
+
 def command(recipe: str, workdir: str, start: list[str], lrs: list[float] | None = None,
             seeds: list[int] | None = None, epochs: float | None = None,
             settings: tuple[str, ...] = ()) -> list[str]:
   """The `jaxbert sweep` of one recipe from one start; lrs/epochs=None: the recipe's own."""
-  config, split, recipe_epochs, recipe_lrs, flags = RECIPES[recipe]
-  flags = (*flags, *(f"--config.{s}" for s in settings))
-  epochs = epochs or recipe_epochs
+  config, split, epochs, flags = recipe_settings(recipe, epochs, settings)
+  recipe_lrs = RECIPES[recipe][3]
   cmd = ["jaxbert", "sweep", "--config", f"configs/finetune/{config}.py", "--workdir", workdir,
          *start, *COMMON, *flags]
   if split:
@@ -131,9 +136,7 @@ def main() -> int:
                           if args.reinit else "", "random": ""}
   rows = []
   for recipe in recipes:
-    config, split, epochs, _, flags = RECIPES[recipe]
-    epochs = args.epochs or epochs
-    flags = (*flags, *(f"--config.{s}" for s in args.set))
+    config, split, epochs, flags = recipe_settings(recipe, args.epochs, tuple(args.set))
     got = {}
     for side in ("pretrained", "random"):
       workdir = os.path.join(args.root, f"{recipe}_{side}{suffix[side]}")
