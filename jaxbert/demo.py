@@ -193,7 +193,7 @@ def task_examples(modules: list[ModuleDocs], held_out: set[str], *, min_words: i
 
 
 def _write_if_changed(path: str, text: str) -> None:
-  """Leaves an identical file untouched, so prepared data keyed on its mtime stays valid."""
+  """Writes `text` atomically unless the file already holds exactly that."""
   if os.path.exists(path):
     with open(path, encoding="utf-8") as f:
       if f.read() == text:

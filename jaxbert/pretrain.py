@@ -71,7 +71,7 @@ def _data_dir(config: ConfigDict, workdir: str) -> str:
 def prepare_stores(config: ConfigDict, workdir: str, tokenizer) -> tuple[DocumentStore, DocumentStore]:
   """(train, held-out) tokenized stores, cached under WORKDIR/corpus/<key>."""
   d = config.data
-  # A local corpus is identified by its files (paths, sizes, mtimes), so edits re-tokenize.
+  # A local corpus is identified by its files' bytes, so edits re-tokenize and copies do not.
   identity = (d.corpus if d.corpus.startswith(corpus_lib.TFDS_PREFIX) else
               corpus_lib.prepare_text_corpus(d.corpus, _data_dir(config, workdir)).builder_config.name)
   key = hashlib.sha256(json.dumps([identity, d.split, d.text_field, d.heldout_fraction,

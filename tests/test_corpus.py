@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import shutil
 
 import numpy as np
 import pytest
@@ -64,6 +65,14 @@ def test_builder_on_folder_with_bad_utf8(tmp_path, caplog):
   assert builder.info.metadata["decode_errors"][str(src / "sub" / "b.txt")] == 3
   ds = builder.as_data_source(split="train")
   assert [int(ds[i]["id"]) for i in range(len(ds))] == [0, 1, 2, 3]
+  # A copy reuses those records, and the warning names the copy's file.
+  shutil.copytree(src, tmp_path / "copy")
+  caplog.clear()
+  with caplog.at_level(logging.WARNING, logger=corpus.logger.name):
+    assert corpus.prepare_text_corpus(str(tmp_path / "copy"), data_dir).data_dir == builder.data_dir
+  bad = [r.getMessage() for r in caplog.records if "undecodable" in r.getMessage()]
+  assert bad == [f"{tmp_path / 'copy' / 'sub' / 'b.txt'}: 3 undecodable byte sequence(s) "
+                 "replaced with U+FFFD (the file is not valid UTF-8)."]
 
 
 def test_reuse_and_distinct_corpora(tmp_path):
@@ -79,6 +88,16 @@ def test_reuse_and_distinct_corpora(tmp_path):
   again = corpus.prepare_text_corpus(str(tmp_path / "one.txt"), data_dir)
   assert again.data_dir == b1.data_dir
   assert os.stat(os.path.join(b1.data_dir, shard)).st_mtime_ns == mtime
+  # Identity is the files' bytes: a touched or copied corpus reuses the records, an
+  # edited one is prepared afresh.
+  os.utime(tmp_path / "one.txt", ns=(1, 1))
+  (tmp_path / "copy").mkdir()
+  _write(str(tmp_path / "copy" / "one.txt"), b"Alpha.\n\nBeta.\n")
+  for same in (tmp_path / "one.txt", tmp_path / "copy" / "one.txt"):
+    assert corpus.prepare_text_corpus(str(same), data_dir).data_dir == b1.data_dir
+  assert os.stat(os.path.join(b1.data_dir, shard)).st_mtime_ns == mtime
+  _write(str(tmp_path / "copy" / "one.txt"), b"Alpha.\n\nBeta!\n")
+  assert corpus.prepare_text_corpus(str(tmp_path / "copy"), data_dir).data_dir != b1.data_dir
   glob_docs = list(corpus.iter_documents(str(tmp_path / "*.txt"), data_dir=data_dir))
   assert glob_docs == [["Alpha."], ["Beta."], ["Gamma."]]
 

@@ -73,15 +73,20 @@ def resolve_files(source: str) -> list[str]:
 
 
 def _corpus_config_name(files: Sequence[str]) -> str:
-  """A config name unique to these files' paths, sizes and modification times.
+  """A config name unique to these files' contents, in this order.
 
   Different corpora prepared into one data_dir get different folders, and editing a
-  file gives a fresh preparation instead of silently reusing stale records.
+  file gives a fresh preparation instead of silently reusing stale records. Contents,
+  not modification times, so a copied or re-mounted corpus (same bytes, new mtimes)
+  reuses its preparation; hashing costs about a second per GB, tokenizing minutes.
   """
   h = hashlib.sha256()
   for f in files:
-    st = os.stat(f)
-    h.update(json.dumps([f, st.st_size, st.st_mtime_ns]).encode())
+    file_hash = hashlib.sha256()
+    with open(f, "rb") as fh:
+      for chunk in iter(lambda: fh.read(1 << 22), b""):
+        file_hash.update(chunk)
+    h.update(file_hash.digest())
   return "files_" + h.hexdigest()[:16]
 
 
@@ -178,7 +183,8 @@ def prepare_text_corpus(source: str, data_dir: str) -> TextCorpus:
     builder = TextCorpus(config=config, data_dir=data_dir, file_format="array_record")
   quiet_tfds_when_logging()
   builder.download_and_prepare()
-  for path, count in (builder.info.metadata.get("decode_errors") or {}).items():
+  # Counts in file order; the records may have been prepared from a copy at other paths.
+  for path, count in zip(files, (builder.info.metadata.get("decode_errors") or {}).values()):
     utf8.warn_undecodable(path, count)
   return builder
 
