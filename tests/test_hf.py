@@ -1,8 +1,8 @@
-"""Hugging Face import/export (jaxbert/hf/), feature extraction (jaxbert/embed.py), parity tools.
+"""Hugging Face import/export (jaxbert/hf/) and the parity tools.
 
-The checkpoints are tiny random ones in Hugging Face's layout, written here with
-safetensors' numpy API and named by hand (not from jaxbert's own table), so a wrong
-name or a missing transpose in the converter shows up as a failure.
+The checkpoints are tiny random ones in Hugging Face's layout (tests/hf_fakes.py), named
+by hand rather than from jaxbert's own table, so a wrong name or a missing transpose in
+the converter shows up as a failure.
 """
 
 import importlib.util
@@ -13,107 +13,17 @@ import jax
 import numpy as np
 import pytest
 from flax import traverse_util
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
 
 from conftest import SHARED_DATA, final_params
+from hf_fakes import (ARCH_HEADS, H, INTER, V, flat, hf_checkpoint, hf_tensors, tiny_cfg,
+                      write_hf_dir)
 from jaxbert import model as model_lib
 from jaxbert.checkpoint import load_bundle
-from jaxbert.embed import bucket_lengths, embed_lines
 from jaxbert.errors import UserError
 from jaxbert.hf import export_hf, import_hf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-H, LAYERS, HEADS, INTER, POS = 16, 2, 2, 32, 64
-WORDS = ["the", "cat", "sat", "on", "mat", "a", "dog", "is", "running", "in", "park", ".", ",",
-         "!", "?", "hello", "world"]
-VOCAB = (["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
-         + list("bcdefghjklmnopqrstuvwxyz") + ["##" + c for c in "abcdefghijklmnopqrstuvwxyz"])
-V = len(VOCAB)
-ARCH_HEADS = {"BertForPreTraining": ("mlm", "nsp"), "BertModel": (), "BertForMaskedLM": ("mlm",),
-              "BertForSequenceClassification": ("classifier",),
-              "BertForTokenClassification": ("classifier",),
-              "BertForQuestionAnswering": ("qa",)}
-
-
-def hf_tensors(prefix="bert.", heads=("mlm", "nsp"), pooler=True, seed=0):
-  """A random state dict in Hugging Face's BERT layout (PyTorch (out, in) Linear weights)."""
-  rng = np.random.default_rng(seed)
-  rnd = lambda *shape: rng.normal(0, 0.2, shape).astype(np.float32)
-  t = {}
-
-  def linear(name, n_out, n_in):
-    t[f"{name}.weight"], t[f"{name}.bias"] = rnd(n_out, n_in), rnd(n_out)
-
-  def layer_norm(name, n=H):
-    t[f"{name}.weight"], t[f"{name}.bias"] = 1 + rnd(n), rnd(n)
-
-  p = prefix
-  t[p + "embeddings.word_embeddings.weight"] = rnd(V, H)
-  t[p + "embeddings.position_embeddings.weight"] = rnd(POS, H)
-  t[p + "embeddings.token_type_embeddings.weight"] = rnd(2, H)
-  layer_norm(p + "embeddings.LayerNorm")
-  t[p + "embeddings.position_ids"] = np.arange(POS, dtype=np.int64)[None]
-  for i in range(LAYERS):
-    q = f"{p}encoder.layer.{i}."
-    for name in ("query", "key", "value"):
-      linear(q + "attention.self." + name, H, H)
-    linear(q + "attention.output.dense", H, H)
-    layer_norm(q + "attention.output.LayerNorm")
-    linear(q + "intermediate.dense", INTER, H)
-    linear(q + "output.dense", H, INTER)
-    layer_norm(q + "output.LayerNorm")
-  if pooler:
-    linear(p + "pooler.dense", H, H)
-  if "mlm" in heads:
-    linear("cls.predictions.transform.dense", H, H)
-    layer_norm("cls.predictions.transform.LayerNorm")
-    t["cls.predictions.bias"] = rnd(V)
-    t["cls.predictions.decoder.weight"] = t[p + "embeddings.word_embeddings.weight"].copy()
-    t["cls.predictions.decoder.bias"] = t["cls.predictions.bias"].copy()
-  if "nsp" in heads:
-    linear("cls.seq_relationship", 2, H)
-  if "classifier" in heads:
-    linear("classifier", 3, H)
-  if "qa" in heads:
-    linear("qa_outputs", 2, H)
-  return t
-
-
-def write_hf_dir(path, tensors, architecture="BertForPreTraining", **config):
-  os.makedirs(path, exist_ok=True)
-  cfg = {"architectures": [architecture], "model_type": "bert", "vocab_size": V,
-         "hidden_size": H, "num_hidden_layers": LAYERS, "num_attention_heads": HEADS,
-         "intermediate_size": INTER, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
-         "attention_probs_dropout_prob": 0.1, "max_position_embeddings": POS,
-         "type_vocab_size": 2, "layer_norm_eps": 1e-12, "initializer_range": 0.02,
-         "pad_token_id": 0, **config}
-  if "classifier.weight" in tensors:
-    cfg["id2label"] = {"0": "neg", "1": "neutral", "2": "pos"}
-    cfg["label2id"] = {"neg": 0, "neutral": 1, "pos": 2}
-  with open(os.path.join(path, "config.json"), "w") as f:
-    json.dump(cfg, f)
-  save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
-  with open(os.path.join(path, "vocab.txt"), "w") as f:
-    f.write("\n".join(VOCAB) + "\n")
-  with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
-    json.dump({"do_lower_case": True, "tokenizer_class": "BertTokenizer"}, f)
-  return str(path)
-
-
-def hf_checkpoint(tmp_path, architecture="BertForPreTraining", prefix="bert.", name="hf"):
-  heads = ARCH_HEADS[architecture]
-  pooler = architecture in ("BertForPreTraining", "BertModel", "BertForSequenceClassification")
-  tensors = hf_tensors(prefix, heads, pooler)
-  return write_hf_dir(tmp_path / name, tensors, architecture), tensors
-
-
-def flat(params):
-  return {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(params).items()}
-
-
-def tiny_cfg():
-  return model_lib.BertConfig(vocab_size=V, hidden_size=H, num_layers=LAYERS, num_heads=HEADS,
-                              intermediate_size=INTER, max_position_embeddings=POS)
 
 
 def _load_tool(name):
@@ -366,82 +276,6 @@ def test_exported_heads_load_and_match_transformers(tmp_path, torch_transformers
     out = model_lib.BertForQuestionAnswering(cfg).apply({"params": params}, batch)
     np.testing.assert_allclose(out["start_logits"][real], ref.start_logits.numpy()[real], atol=1e-4)
     np.testing.assert_allclose(out["end_logits"][real], ref.end_logits.numpy()[real], atol=1e-4)
-
-
-# --- feature extraction -------------------------------------------------------------
-
-def test_bucket_lengths():
-  assert bucket_lengths(128) == [16, 32, 64, 128]
-  assert bucket_lengths(100) == [16, 32, 64, 100]
-  assert bucket_lengths(8) == [8]
-
-
-@pytest.fixture
-def tiny_bundle(tmp_path):
-  src, _ = hf_checkpoint(tmp_path, "BertModel", "")
-  import_hf(src, str(tmp_path / "bundle"))
-  return str(tmp_path / "bundle")
-
-
-def _reference(bundle, texts, length=POS):
-  """Per text, (sequence output (T, H) over its real tokens, pooled (H,)), from one batch
-  padded to `length`: another padding than embed's buckets, and no sorting."""
-  params, cfg, tok, _ = load_bundle(bundle)
-  rows = [[tok.cls_id] + tok.encode(text)[:30] + [tok.sep_id] for text in texts]
-  ids = np.zeros((len(rows), length), np.int32)
-  for i, r in enumerate(rows):
-    ids[i, :len(r)] = r
-  o = jax.jit(model_lib.BertEncoderOnly(cfg).apply)(
-      {"params": params}, {"input_ids": ids, "attention_mask": (ids != 0).astype(np.int32)})
-  return [(np.asarray(o["sequence_output"][i, :len(r)]), np.asarray(o["pooled_output"][i]))
-          for i, r in enumerate(rows)]
-
-
-def test_embed_lines_matches_reference_forward(tiny_bundle, tmp_path):
-  long_line = " ".join(["the cat sat on the mat ."] * 10)  # > 32 pieces: truncated
-  lines = ["the cat sat on the mat .", "", "hello world", "a dog is running in the park !",
-           long_line, "hello world", "cat"]
-  data = "\n".join(lines).encode() + b"\nbad \xff\xfe bytes\r\n"
-  (tmp_path / "in.txt").write_bytes(data)
-  texts = lines + ["bad \ufffd\ufffd bytes"]
-  ref = _reference(tiny_bundle, texts)
-  for pooling in ("mean", "cls", "pooler"):
-    out = tmp_path / f"{pooling}.npy"
-    report = embed_lines(tiny_bundle, str(tmp_path / "in.txt"), str(out), pooling=pooling,
-                         batch_size=3, max_seq_len=32, progress=False)
-    vectors = np.load(out)
-    assert vectors.shape == (len(texts), H) and vectors.dtype == np.float32
-    assert (report.num_lines, report.empty_lines, report.truncated_lines,
-            report.undecodable_lines) == (8, 1, 1, 1)
-    want = np.stack([seq.mean(0) if pooling == "mean" else seq[0] if pooling == "cls" else pooled
-                     for seq, pooled in ref])
-    np.testing.assert_allclose(vectors, want, atol=1e-5)
-    # The same line in another batch (and another row position) gives the same vector.
-    np.testing.assert_allclose(vectors[2], vectors[5], atol=1e-5)
-
-
-def test_embed_mean_pooling_ignores_padding_across_buckets(tiny_bundle, tmp_path):
-  (tmp_path / "a.txt").write_text("hello world\n")
-  (tmp_path / "b.txt").write_text("\n".join(["hello world", "the cat sat on the mat"] * 5) + "\n")
-  embed_lines(tiny_bundle, str(tmp_path / "a.txt"), str(tmp_path / "a.npy"), pooling="mean",
-              batch_size=2, max_seq_len=16, progress=False)
-  embed_lines(tiny_bundle, str(tmp_path / "b.txt"), str(tmp_path / "b.npy"), pooling="mean",
-              batch_size=4, max_seq_len=64, progress=False)
-  a, b = np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy")
-  np.testing.assert_allclose(a[0], b[0], atol=1e-5)
-  np.testing.assert_allclose(b[::2], np.repeat(a, 5, axis=0), atol=1e-5)
-
-
-def test_embed_errors(tiny_bundle, tmp_path):
-  with pytest.raises(UserError, match="does not exist"):
-    embed_lines(tiny_bundle, str(tmp_path / "missing.txt"), str(tmp_path / "o.npy"))
-  (tmp_path / "in.txt").write_text("hello\n")
-  with pytest.raises(UserError, match="max_position_embeddings"):
-    embed_lines(tiny_bundle, str(tmp_path / "in.txt"), str(tmp_path / "o.npy"),
-                max_seq_len=POS + 1)
-  with pytest.raises(UserError, match="pooling"):
-    embed_lines(tiny_bundle, str(tmp_path / "in.txt"), str(tmp_path / "o.npy"), pooling="max")
-  assert not os.path.exists(tmp_path / "o.npy")
 
 
 # --- the real MiniLM (skips without the package / ../shared) -------------------------
