@@ -198,6 +198,18 @@ def _continued_model_config(wanted, source: handover.Source, model: ConfigDict):
   return target
 
 
+def continued_data_seed(seed: int, source: handover.Source) -> int:
+  """The seed of a continued run's training examples.
+
+  Pairs and masks are a pure function of (seed, epoch, index), so with the source's own
+  seed a continued run would draw again the examples the source was trained on, in the
+  same order. Mixing in the checkpoint's bytes gives a new stream, the same on every
+  restart. Held-out examples keep `seed`, so their metrics compare with the source's.
+  """
+  digest = hashlib.sha256(f"{seed}:{handover.checkpoint_digest(source)}".encode()).digest()
+  return int.from_bytes(digest[:4], "little") >> 1
+
+
 class PretrainTask:
   """MLM + NSP on a corpus; see jaxbert/train.py for the Task protocol."""
 
@@ -223,7 +235,12 @@ class PretrainTask:
         max_seq_len=d.max_seq_len, max_predictions_per_seq=d.max_predictions_per_seq,
         mask_prob=d.mask_prob, short_seq_prob=d.short_seq_prob, whole_word=d.whole_word,
         seed=config.train.seed)
-    self.train_examples = PretrainingExamples.from_tokenizer(train_store, data_cfg, self.tokenizer)
+    train_cfg = data_cfg
+    if self.source is not None:
+      train_cfg = dataclasses.replace(data_cfg, seed=continued_data_seed(data_cfg.seed, self.source))
+      log.info("continued pre-training: training examples drawn with data seed %d (from "
+               "train.seed and the checkpoint), held-out ones with train.seed", train_cfg.seed)
+    self.train_examples = PretrainingExamples.from_tokenizer(train_store, train_cfg, self.tokenizer)
     if d.packing:
       self.train_examples = packed(self.train_examples, d.packing)
     # Held-out examples stay one per row, so their metrics compare across packing settings.
