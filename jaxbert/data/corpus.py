@@ -16,7 +16,6 @@ import dataclasses
 import glob
 import hashlib
 import itertools
-import json
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
