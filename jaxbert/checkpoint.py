@@ -69,6 +69,15 @@ def _files_under(directory: str) -> list[str]:
   return sorted(r for r in out if r not in _UNSEALED and not r.endswith(".tmp"))
 
 
+def directory_digest(directory: str) -> str:
+  """sha256 over the names, sizes and contents of the files under `directory` (those
+  `seal` records): its identity wherever it is kept."""
+  h = hashlib.sha256()
+  for rel in _files_under(directory):
+    h.update(json.dumps([rel, _file_record(os.path.join(directory, rel))]).encode())
+  return h.hexdigest()
+
+
 def seal(directory: str) -> None:
   """Records the size and sha256 of every file under a finished checkpoint `directory`."""
   files = {rel: _file_record(os.path.join(directory, rel)) for rel in _files_under(directory)}

@@ -10,7 +10,6 @@ initialised, and the optimizer, step and schedule start fresh.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -100,20 +99,6 @@ def source_for_run(config: ConfigDict) -> Source | None:
   if config.tokenizer.get("path"):
     raise UserError("set either config.init (its tokenizer is used) or config.tokenizer.path")
   return open_source(config.init)
-
-
-def checkpoint_digest(source: Source) -> str:
-  """sha256 of the files of the source's checkpoint: its identity, wherever it is kept."""
-  h = hashlib.sha256()
-  for root, dirs, files in os.walk(source.item_dir):
-    dirs.sort()
-    for name in sorted(files):
-      path = os.path.join(root, name)
-      h.update(os.path.relpath(path, source.item_dir).encode() + b"\0")
-      with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):  # pylint: disable=cell-var-from-loop
-          h.update(chunk)
-  return h.hexdigest()
 
 
 def run_model_config(architecture: BertConfig, model: ConfigDict) -> BertConfig:

@@ -23,6 +23,7 @@ import optax
 from jaxbert import flops as flops_lib
 from jaxbert import handover
 from jaxbert import sharding as shd
+from jaxbert.checkpoint import directory_digest
 from jaxbert.config import ConfigDict
 from jaxbert.data import corpus as corpus_lib
 from jaxbert.data import sentences as sentences_lib
@@ -206,7 +207,7 @@ def continued_data_seed(seed: int, source: handover.Source) -> int:
   same order. Mixing in the checkpoint's bytes gives a new stream, the same on every
   restart. Held-out examples keep `seed`, so their metrics compare with the source's.
   """
-  digest = hashlib.sha256(f"{seed}:{handover.checkpoint_digest(source)}".encode()).digest()
+  digest = hashlib.sha256(f"{seed}:{directory_digest(source.item_dir)}".encode()).digest()
   return int.from_bytes(digest[:4], "little") >> 1
 
 

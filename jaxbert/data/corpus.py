@@ -81,11 +81,8 @@ def _corpus_config_name(files: Sequence[str]) -> str:
   """
   h = hashlib.sha256()
   for f in files:
-    file_hash = hashlib.sha256()
     with open(f, "rb") as fh:
-      for chunk in iter(lambda: fh.read(1 << 22), b""):
-        file_hash.update(chunk)
-    h.update(file_hash.digest())
+      h.update(hashlib.file_digest(fh, "sha256").digest())
   return "files_" + h.hexdigest()[:16]
 
 
