@@ -94,8 +94,23 @@ _ACTIVATIONS = {
 }
 
 
+class RowDense(nn.Dense):
+  """nn.Dense applied to the rows of x (..., in) flattened to (N, in).
+
+  Same parameters and outputs as nn.Dense. The flattening is for the backward pass:
+  with (B, T, in) inputs the kernel gradient contracts two axes, and XLA:CPU copies a
+  transposed (B*T, out) gradient for it in every layer; with one row axis it calls the
+  GEMM with a transpose flag instead (8 % of the `small` step was such copies).
+  """
+
+  def __call__(self, inputs: Array) -> Array:
+    lead = inputs.shape[:-1]
+    y = super().__call__(inputs.reshape(-1, inputs.shape[-1]))  # (..., in) -> (N, in)
+    return y.reshape(*lead, y.shape[-1])  # (N, out) -> (..., out)
+
+
 def _dense(cfg: BertConfig, features: int, name: str) -> nn.Dense:
-  return nn.Dense(features, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
+  return RowDense(features, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
                   kernel_init=nn.initializers.normal(cfg.initializer_range), name=name)
 
 
@@ -247,8 +262,13 @@ class BertModel(nn.Module):
     return x, self.pooler(x, cls_positions)
 
   def attend(self, x):
-    """Logits against the word embeddings (the tied MLM decoder)."""
-    return self.embeddings.word_embeddings.attend(x)
+    """Logits against the word embeddings (the tied MLM decoder); x (..., H) -> (..., V).
+
+    Rows flattened as in RowDense: the embedding gradient then needs no transposed copy of
+    the (positions, vocabulary) logit gradient.
+    """
+    logits = self.embeddings.word_embeddings.attend(x.reshape(-1, x.shape[-1]))  # (N, V)
+    return logits.reshape(*x.shape[:-1], logits.shape[-1])
 
 
 def _encode(bert: BertModel, batch: dict[str, Array], deterministic: bool):

@@ -1,5 +1,6 @@
 """Model structure: parameter counts, shapes, padding, dtype policy, heads."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -94,6 +95,18 @@ def test_bfloat16_computes_in_bf16_with_float32_params():
   assert hidden.dtype == jnp.bfloat16
   f32 = M.BertModel(TINY).apply({"params": params["bert"]}, batch["input_ids"])[0]
   np.testing.assert_allclose(np.asarray(hidden, np.float32), f32, atol=0.1)
+
+
+def test_row_dense_matches_dense_in_values_gradients_and_parameters():
+  x = jax.random.normal(jax.random.key(0), (3, 5, 8))
+  dense, rows = nn.Dense(4, name="d"), M.RowDense(4, name="d")
+  params = dense.init(jax.random.key(1), x)
+  assert jax.tree.map(jnp.shape, rows.init(jax.random.key(1), x)) == jax.tree.map(jnp.shape, params)
+  loss = lambda m: lambda p, x: jnp.sum(jnp.sin(m.apply(p, x)))
+  np.testing.assert_allclose(rows.apply(params, x), dense.apply(params, x), rtol=1e-6)
+  for got, want in zip(jax.tree.leaves(jax.grad(loss(rows), argnums=(0, 1))(params, x)),
+                       jax.tree.leaves(jax.grad(loss(dense), argnums=(0, 1))(params, x))):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_dropout_is_active_only_in_training(pretraining_params):
