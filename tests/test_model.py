@@ -109,6 +109,25 @@ def test_row_dense_matches_dense_in_values_gradients_and_parameters():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+def test_gelu_is_the_exact_gelu():
+  x = jnp.linspace(-8.0, 8.0, 1001)
+  np.testing.assert_allclose(M.gelu(x), nn.gelu(x, approximate=False), atol=2e-6)
+  np.testing.assert_allclose(jax.vmap(jax.grad(M.gelu))(x),
+                             jax.vmap(jax.grad(lambda v: nn.gelu(v, approximate=False)))(x),
+                             atol=2e-6)
+
+
+def test_add_bias_gradients_equal_autodiff_of_a_plain_add():
+  y = jax.random.normal(jax.random.key(0), (3, 5, 7))
+  bias = jax.random.normal(jax.random.key(1), (7,))
+  loss = lambda add: lambda y, b: jnp.sum(jnp.sin(add(y, b)))
+  got = jax.grad(loss(M.add_bias), argnums=(0, 1))(y, bias)
+  want = jax.grad(loss(lambda y, b: y + b), argnums=(0, 1))(y, bias)
+  np.testing.assert_allclose(M.add_bias(y, bias), y + bias)
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
 def test_dropout_is_active_only_in_training(pretraining_params):
   batch = _batch(np.random.default_rng(5))
   model = M.BertForPreTraining(TINY)
