@@ -135,6 +135,7 @@ class Runner:
   times: list[float] = dataclasses.field(default_factory=list)
   losses: list[float] = dataclasses.field(default_factory=list)
   rounds: list[float] = dataclasses.field(default_factory=list)  # median step time per round
+  compiled: object = None  # jaxbert's jax.stages.Compiled (tools/profile_step.py reads its HLO)
 
 
 def parse_variant(spec: str) -> dict[str, str]:
@@ -231,7 +232,8 @@ def jax_runner(args, spec: str, batches, predictions: int) -> Runner:
 
   b, t_len = batches[0]["input_ids"].shape
   exec_flops = b * flops_lib.pretraining_flops_per_sequence(cfg, t_len, predictions)
-  return Runner(f"jaxbert[{spec}]", step, batches, compile_s, memory, exec_flops)
+  return Runner(f"jaxbert[{spec}]", step, batches, compile_s, memory, exec_flops,
+                compiled=compiled)
 
 
 def hf_runner(args, mode: str, batches, device: str) -> Runner:
