@@ -1,0 +1,53 @@
+"""tools/bench.py and tools/profile_step.py run end to end on a tiny model."""
+
+import json
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools"))
+import bench  # noqa: E402
+import profile_step  # noqa: E402
+
+# Batch 8: the benchmark's mesh spans the session's 8 fake devices.
+TINY = ["--preset", "tiny", "--batch", "8", "--seq-len", "32", "--vocab-size", "512"]
+
+
+def test_bench_times_variants_and_writes_json(tmp_path, capsys):
+  out = tmp_path / "bench.json"
+  bench.main(TINY + ["--steps", "10", "--rounds", "2", "--variants", "default,dropout=0",
+                     "--json", str(out)])
+  printed = capsys.readouterr().out
+  results = json.loads(out.read_text())
+  assert [r["name"] for r in results["runners"]] == ["jaxbert[default]", "jaxbert[dropout=0]"]
+  for r in results["runners"]:
+    assert r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1 and 0 < r["mean_loss"] < 10
+  assert results["peak_flops"] > 0 and results["loader_examples_per_s"] > 0
+  assert "speed ratios" in printed and "jaxbert[dropout=0]" in printed
+
+
+def test_bench_rejects_unknown_variant_keys():
+  with pytest.raises(SystemExit, match="not KEY=VALUE"):
+    bench.parse_variant("dropuot=0")
+
+
+def test_profile_groups_ops_of_compiled_hlo():
+  def f(x, w):
+    return jnp.tanh(x @ w).T.sum(0)
+
+  hlo = jax.jit(f).lower(jnp.ones((64, 32)), jnp.ones((32, 16))).compile().as_text()
+  table = profile_step.op_table(hlo)
+  assert table and {group for group, _, _ in table.values()} <= {
+      "GEMM", "copy/transpose", "reduction", "elementwise"}
+  assert any(group == "GEMM" and shape == "f32[64,16]" for group, shape, _ in table.values())
+
+
+def test_profile_step_prints_every_group_with_shares(capsys):
+  profile_step.main(TINY + ["--steps", "2", "--top", "2"])
+  lines = capsys.readouterr().out.splitlines()
+  assert "ms/step" in lines[0]
+  shares = [float(line.split("%")[0]) for line in lines[1:] if "%" in line.split()[1:2]]
+  assert "GEMM" in "\n".join(lines) and abs(sum(shares) - 100) < 0.5
