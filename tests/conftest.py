@@ -85,3 +85,20 @@ def reference_run(corpus_file, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("pretrain_ref"))
   metrics = run(tiny_pretrain_config(corpus_file), workdir, devices=jax.devices()[:1])
   return workdir, metrics
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory):
+  """Reliability tests' corpus, task, configs, shared compilation cache and pre-training
+  reference (tools/kill_resume.py prepares them), made once for all their files."""
+  from reliability_lab import kr  # pylint: disable=g-import-not-at-top
+  root = str(tmp_path_factory.mktemp("reliability"))
+  env = kr.child_env(os.path.join(root, "jax_cache"))
+  paths = kr.prepare(root, env)
+  return {"root": root, "env": env, **paths}
+
+
+@pytest.fixture(scope="session")
+def finetune_ref(lab):
+  from reliability_lab import kr  # pylint: disable=g-import-not-at-top
+  return kr.reference("finetune", lab, lab["root"], lab["env"])

@@ -1,22 +1,16 @@
-"""Reliability: exact resume after kill -9 and SIGTERM, sealed checkpoints, the NaN guard,
-bad inputs through the real command, and multi-process runs on loopback.
+"""Reliability: the NaN guard, sealed checkpoints, exact resume after kill -9 and SIGTERM.
 
 Most runs are child processes of tools/kill_resume.py (the real `jaxbert` command with a
-kill armed), sharing one JAX compilation cache; the full kill set is that tool's job.
+kill armed), sharing one JAX compilation cache (the `lab` fixture, tests/conftest.py);
+the full kill set is that tool's job. Bad inputs: test_bad_inputs.py; runs of several
+processes: test_multiprocess.py.
 """
 
 import concurrent.futures
-import hashlib
-import importlib.util
 import json
 import os
-import re
-import shutil
 import signal
-import socket
 import subprocess
-import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -28,55 +22,7 @@ from jaxbert import checkpoint as ckpt_lib
 from jaxbert import pretrain
 from jaxbert import train as train_lib
 from jaxbert.run import run
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location("kill_resume",
-                                               os.path.join(REPO, "tools", "kill_resume.py"))
-kr = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(kr)
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-  """Corpus, task, configs, a shared compilation cache and the pre-training reference."""
-  root = str(tmp_path_factory.mktemp("reliability"))
-  env = kr.child_env(os.path.join(root, "jax_cache"))
-  paths = kr.prepare(root, env)
-  return {"root": root, "env": env, **paths}
-
-
-@pytest.fixture(scope="module")
-def finetune_ref(lab):
-  return kr.reference("finetune", lab, lab["root"], lab["env"])
-
-
-def _copy(src, dst):
-  shutil.copytree(src, dst, symlinks=True)
-  return str(dst)
-
-
-def _hashes(folder):
-  out = {}
-  for root, _, names in os.walk(folder):
-    for n in names:
-      path = os.path.join(root, n)
-      with open(path, "rb") as f:
-        out[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
-  return out
-
-
-def _wait_for(predicate, timeout, proc=None):
-  deadline = time.monotonic() + timeout
-  while not predicate():
-    if proc is not None and proc.poll() is not None:
-      raise AssertionError(f"the run ended first (exit {proc.returncode})")
-    if time.monotonic() > deadline:
-      raise AssertionError("timed out waiting")
-    time.sleep(0.05)
-
-
-def _error_lines(stderr):
-  return [l for l in stderr.splitlines() if l.startswith("jaxbert: error:")]
+from reliability_lab import REPO, all_finite_arrays, copy_tree, kr, wait_for
 
 
 # ----------------------------------------------------------------------------- NaN guard
@@ -151,11 +97,7 @@ def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(reference_run, cor
   steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
   assert steps == [2, 4]
   for step in steps:
-    assert _finite(kr.final_state(workdir, step)[1])
-
-
-def _finite(state):
-  return all(np.all(np.isfinite(v)) for v in state.values() if v.dtype.kind == "f")
+    assert all_finite_arrays(kr.final_state(workdir, step)[1])
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -163,7 +105,7 @@ def _finite(state):
 
 def test_damaged_checkpoints_are_reported_and_skipped(lab, tmp_path):
   ref_dir = lab["pretrain_ref"]
-  workdir = _copy(ref_dir, tmp_path / "damaged")
+  workdir = copy_tree(ref_dir, tmp_path / "damaged")
   ckpt = os.path.join(workdir, "checkpoints")
   assert sorted(int(s) for s in os.listdir(ckpt) if s.isdigit()) == [6, 9, 12]
   data = lambda step: max((os.path.join(r, n) for r, _, ns in os.walk(os.path.join(ckpt, step,
@@ -230,7 +172,7 @@ def test_sigterm_saves_a_checkpoint_and_the_restart_resumes(lab, tmp_path):
   with open(tmp_path / "stderr", "w+") as err:
     proc = subprocess.Popen(cmd, env=lab["env"], stderr=err, cwd=REPO)
     try:
-      _wait_for(lambda: os.path.isdir(os.path.join(workdir, "checkpoints", "3")), 300, proc)
+      wait_for(lambda: os.path.isdir(os.path.join(workdir, "checkpoints", "3")), 300, proc)
       proc.send_signal(signal.SIGTERM)
       proc.wait(timeout=120)
     finally:
@@ -244,213 +186,3 @@ def test_sigterm_saves_a_checkpoint_and_the_restart_resumes(lab, tmp_path):
   again = kr.run_child("pretrain", lab["pretrain_config"], workdir, env=lab["env"])
   assert again.returncode == 0 and kr.resumed_step(again.stderr) == saved
   assert not kr.bitwise_equal(kr.final_state(workdir)[1], kr.final_state(lab["pretrain_ref"])[1])
-
-
-# ----------------------------------------------------------------------------- bad inputs
-
-
-def _wordpiece_tokenizer(folder, n=700):
-  os.makedirs(folder)
-  pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list("abcdefghijklmnopqrstuvwxyz")
-  pieces += [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"] + [f"w{i}" for i in range(n)]
-  with open(os.path.join(folder, "vocab.txt"), "w") as f:
-    f.write("\n".join(pieces) + "\n")
-  return str(folder)
-
-
-def _bad_task(lab, folder, split, line, row):
-  folder = _copy(lab["task"], folder)
-  path = os.path.join(folder, f"{split}.tsv")
-  with open(path, "rb") as f:
-    rows = f.read().split(b"\n")
-  rows[line - 1] = row.encode()
-  with open(path, "wb") as f:
-    f.write(b"\n".join(rows))
-  return folder
-
-
-def _cases(lab, tmp):
-  """name -> (command, config, workdir source or None, overrides, expected in the message)."""
-  pre, fin = lab["pretrain_config"], lab["finetune_config"]
-  empty = tmp / "empty.txt"
-  empty.write_text("\n\n")
-  wrong_vocab = _wordpiece_tokenizer(tmp / "other_tokenizer")
-  edited = _copy(lab["pretrain_ref"], tmp / "edited_pretrain")
-  with open(os.path.join(edited, "config.json")) as f:
-    cfg = json.load(f)
-  cfg["model"]["intermediate_size"] = 128
-  with open(os.path.join(edited, "config.json"), "w") as f:
-    json.dump(cfg, f)
-  stray_tab = _bad_task(lab, tmp / "tab", "train", 5, "ka lo\tmi\tyes")
-  bad_label = _bad_task(lab, tmp / "label", "dev", 7, "ka lo mi\tmaybe")
-  return {
-      "missing corpus": ("pretrain", pre, None, [f"--config.data.corpus={tmp}/no_corpus.txt"],
-                         "no_corpus.txt does not exist"),
-      "empty corpus": ("pretrain", pre, None, [f"--config.data.corpus={empty}"],
-                       "has no text"),
-      "unknown config key": ("pretrain", pre, "pretrain", ["--config.train.stpes=3"],
-                             "did you mean --config.train.steps?"),
-      "workdir of another config": ("pretrain", pre, "pretrain", ["--config.optim.lr=0.5"],
-                                    "holds a run with a different config (optim.lr: 0.001 -> 0.5)"),
-      "config file that does not exist": ("pretrain", str(tmp / "no_config.py"), "pretrain", [],
-                                          "no_config.py does not exist"),
-      "tokenizer that does not fit the checkpoint": (
-          "pretrain", pre, "pretrain+tokenizer", [],
-          "params/bert/embeddings/word_embeddings/embedding is float32[512, 32] there but "
-          "float32[768, 32] here"),
-      "model config that does not fit the checkpoint": (
-          "finetune", fin, None, [f"--config.init={edited}"], "but the model expects"),
-      "tokenizer given with a checkpoint": (
-          "finetune", fin, None, [f"--config.tokenizer.path={wrong_vocab}"],
-          "set either config.init"),
-      "init that does not exist": ("finetune", fin, None, [f"--config.init={tmp}/no_run"],
-                                   "no_run: no such file or directory"),
-      "task that does not exist": ("finetune", fin, None, [f"--config.data.task={tmp}/no_task"],
-                                   "no_task: no such file or directory"),
-      "TSV row with a stray tab": (
-          "finetune", fin, None,
-          [f"--config.data.task={stray_tab}"],
-          "train.tsv:5: 3 tab-separated columns but the header has 2"),
-      "label outside the label set": (
-          "finetune", fin, None,
-          [f"--config.data.task={bad_label}"],
-          "dev.tsv:7: label 'maybe' is not in the label set ['no', 'yes']"),
-      "diverging run": ("pretrain", pre, None,
-                        ["--config.optim.lr=1e30", "--config.train.max_nonfinite=2"],
-                        "(train.max_nonfinite=2)"),
-  }, wrong_vocab
-
-
-def test_bad_inputs_give_one_clear_message_and_exit_2(lab, tmp_path):
-  cases, wrong_vocab = _cases(lab, tmp_path)
-
-  def attempt(item):
-    name, (command, config, source, overrides, expected) = item
-    workdir = tmp_path / name.replace(" ", "_")
-    if source is None:  # a fresh workdir, holding only a file of the user's
-      os.makedirs(workdir)
-      (workdir / "notes.txt").write_text("mine")
-    else:
-      _copy(lab["pretrain_ref"], workdir)
-      if source.endswith("+tokenizer"):
-        shutil.rmtree(workdir / "tokenizer")
-        shutil.copytree(wrong_vocab, workdir / "tokenizer")
-    before = _hashes(workdir)
-    proc = subprocess.run([sys.executable, "-m", "jaxbert.cli", command, "--config", config,
-                           "--workdir", str(workdir), *overrides], env=lab["env"], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
-    after = _hashes(workdir)
-    problems = []
-    if proc.returncode != 2:
-      problems.append(f"exit status {proc.returncode}")
-    errors = _error_lines(proc.stderr)
-    if len(errors) != 1 or expected not in errors[0]:
-      problems.append(f"message {errors}, expected one with {expected!r}")
-    if "Traceback" in proc.stderr:
-      problems.append("a traceback")
-    if {k: after.get(k) for k in before} != before:
-      problems.append("earlier files changed: "
-                      f"{[k for k in before if after.get(k) != before[k]][:5]}")
-    claimed = {"config.json", "checkpoints"} & set(os.listdir(workdir))
-    if source is None and name != "diverging run" and claimed:  # it failed before training
-      problems.append(f"the failed run claimed the workdir: {claimed}")
-    return name, problems, proc.stderr[-1500:]
-
-  with concurrent.futures.ThreadPoolExecutor(2) as pool:
-    results = list(pool.map(attempt, cases.items()))
-  failed = {name: (problems, tail) for name, problems, tail in results if problems}
-  assert not failed, json.dumps(failed, indent=1)
-  diverged = str(tmp_path / "diverging_run")
-  for step in os.listdir(os.path.join(diverged, "checkpoints")):  # saved before it stopped
-    assert _finite(kr.final_state(diverged, int(step))[1])
-
-
-def test_undecodable_bytes_and_long_lines_are_reported(lab, finetune_ref):
-  pre = open(lab["pretrain_ref"] + ".log").read()
-  assert pre.count("corpus.txt: 1 undecodable byte sequence(s) replaced with U+FFFD") == 1
-  assert "sentences are longer than data.max_seq_len=32 allows" in pre
-  fin = open(finetune_ref + ".log").read()
-  assert fin.count("train.tsv: 1 undecodable byte sequence(s) replaced with U+FFFD") == 1
-  assert re.search(r"split 'train': \d+ of 96 examples are longer than data.max_seq_len=32 "
-                   "pieces and were truncated", fin)
-
-
-# ----------------------------------------------------------------------------- multi-process
-
-
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
-def _launch(lab, workdir, logs, n=2, slow=0.0):
-  """`n` processes of one run on loopback; their stderr goes to logs/<i>.txt."""
-  port = _free_port()
-  os.makedirs(logs, exist_ok=True)
-  procs = []
-  for i in range(n):
-    env = dict(lab["env"], JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-               JAX_NUM_PROCESSES=str(n), JAX_PROCESS_ID=str(i))
-    cmd = kr.child_command("pretrain", lab["pretrain_config"], workdir, slow=slow)
-    with open(os.path.join(logs, f"{i}.txt"), "w") as err:
-      procs.append(subprocess.Popen(cmd, env=env, cwd=REPO, stderr=err))
-  return procs
-
-
-def _finish(procs, logs, timeout=600):
-  for p in procs:
-    p.wait(timeout=timeout)
-  return [open(os.path.join(logs, f"{i}.txt")).read() for i in range(len(procs))]
-
-
-def _train_losses(workdir):
-  return [l["loss"] for l in map(json.loads, open(os.path.join(workdir, "metrics.jsonl")))
-          if l["split"] == "train"]
-
-
-@pytest.fixture(scope="module")
-def two_process_run(lab, tmp_path_factory):
-  root = tmp_path_factory.mktemp("two_processes")
-  workdir = str(root / "run")
-  procs = _launch(lab, workdir, root / "logs")
-  outs = _finish(procs, root / "logs")
-  assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
-  return workdir, outs
-
-
-def test_two_processes_reach_the_loss_of_one(lab, two_process_run):
-  workdir, outs = two_process_run
-  assert "2 process(es), 2 device(s)" in outs[0]
-  np.testing.assert_allclose(_train_losses(workdir), _train_losses(lab["pretrain_ref"]),
-                             rtol=2e-5)
-  step, state = kr.final_state(workdir)
-  ref_step, ref = kr.final_state(lab["pretrain_ref"])
-  assert step == ref_step
-  for k in ref:
-    np.testing.assert_allclose(state[k], ref[k], rtol=1e-3, atol=1e-5, err_msg=k)
-
-
-def test_a_killed_process_stops_the_other_and_both_resume(lab, two_process_run, tmp_path):
-  workdir = str(tmp_path / "killed")
-  procs = _launch(lab, workdir, tmp_path / "logs", slow=0.4)
-  try:
-    _wait_for(lambda: os.path.isdir(os.path.join(workdir, "checkpoints", "3")), 300, procs[0])
-    procs[1].send_signal(signal.SIGKILL)
-    t = time.monotonic()
-    procs[0].wait(timeout=120)
-    waited = time.monotonic() - t
-  finally:
-    for p in procs:
-      p.kill()
-  stderr = open(tmp_path / "logs" / "0.txt").read()
-  assert procs[0].returncode != 0 and waited < 60, (procs[0].returncode, waited, stderr[-3000:])
-  assert ("lost contact with another process" in stderr
-          or "another task died" in stderr), stderr[-3000:]
-  assert "Traceback" not in stderr
-  # Both started again: they resume from the last checkpoint and end as the unkilled run.
-  procs = _launch(lab, workdir, tmp_path / "logs2")
-  outs = _finish(procs, tmp_path / "logs2")
-  assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:]
-  assert kr.resumed_step(outs[0]) >= 3
-  assert not kr.bitwise_equal(kr.final_state(workdir)[1], kr.final_state(two_process_run[0])[1])
