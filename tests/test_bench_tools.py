@@ -45,6 +45,19 @@ def test_profile_groups_ops_of_compiled_hlo():
   assert any(group == "GEMM" and shape == "f32[64,16]" for group, shape, _ in table.values())
 
 
+def test_profile_attributes_wall_time_to_running_ops():
+  ms = 1_000_000
+  spans = [(0, 10 * ms, "gelu"),                      # synchronous: the event is the work
+           (2 * ms, 2 * ms + 1000, "dot"),            # handed off: launched at 2 ms ...
+           (12 * ms, 20 * ms, "norm"), (12 * ms, 16 * ms, "add"),
+           (0, 30 * ms, "ThunkExecutor::Execute")]    # not an op: ignored
+  marks = {"dot": [25 * ms], "gelu": [10 * ms]}       # ... and done at 25 ms
+  got = profile_step.attribute(spans, marks, {"gelu", "dot", "norm", "add"})
+  # 0-10 gelu; 10-12 only the dot in flight; 12-16 norm and add share; 16-20 norm; 20-25 dot.
+  want = {"gelu": 10, "dot": 2 + 5, "norm": 2 + 4, "add": 2}
+  assert {k: round(v / ms, 6) for k, v in got.items()} == want
+
+
 def test_profile_step_prints_every_group_with_shares(capsys):
   profile_step.main(TINY + ["--steps", "2", "--top", "2"])
   lines = capsys.readouterr().out.splitlines()
