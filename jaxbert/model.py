@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxbert.dropout import Dropout
+from jaxbert.layers import RowDense, add_bias, gelu
 
 Array = jax.Array
 
@@ -87,36 +88,11 @@ def preset(name: str, **overrides) -> BertConfig:
                     intermediate_size=4 * hidden, **overrides)
 
 
-def gelu(x: Array) -> Array:
-  """BERT's exact GELU, x * Phi(x), in its original erf form.
-
-  nn.gelu(approximate=False) writes it with erfc, whose expansion XLA:CPU splits into
-  three passes over the (B, T, intermediate) activations; erf is one. Same values to
-  within 1e-6, and the formula of the original BERT code.
-  """
-  return 0.5 * x * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))))
-
-
 _ACTIVATIONS = {
     "gelu": gelu,
     "gelu_tanh": lambda x: nn.gelu(x, approximate=True),
     "relu": nn.relu,
 }
-
-
-class RowDense(nn.Dense):
-  """nn.Dense applied to the rows of x (..., in) flattened to (N, in).
-
-  Same parameters and outputs as nn.Dense. The flattening is for the backward pass:
-  with (B, T, in) inputs the kernel gradient contracts two axes, and XLA:CPU copies a
-  transposed (B*T, out) gradient for it in every layer; with one row axis the GEMM takes
-  the transpose itself (the `small` step ran 1.09x faster without those copies).
-  """
-
-  def __call__(self, inputs: Array) -> Array:
-    lead = inputs.shape[:-1]
-    y = super().__call__(inputs.reshape(-1, inputs.shape[-1]))  # (..., in) -> (N, in)
-    return y.reshape(*lead, y.shape[-1])  # (N, out) -> (..., out)
 
 
 def _dense(cfg: BertConfig, features: int, name: str) -> nn.Dense:
@@ -298,31 +274,6 @@ class MaskedLMHead(nn.Module):
     h = _layer_norm(self.cfg)(h)
     bias = self.param("bias", nn.initializers.zeros, (self.cfg.vocab_size,), jnp.float32)
     return add_bias(attend(h).astype(jnp.float32), bias)
-
-
-@jax.custom_vjp
-def add_bias(y: Array, bias: Array) -> Array:
-  """y (..., N) + bias (N,), whose bias gradient is a matrix-vector product.
-
-  Autodiff's gradient is a sum over the rows, and XLA:CPU's column reduction over
-  (positions, 30522 vocabulary) logits ran 30x slower than `ones @ rows` (75 against
-  2.3 ms for 640 positions).
-  """
-  return y + bias
-
-
-def _add_bias_fwd(y, bias):
-  return y + bias, None
-
-
-def _add_bias_bwd(_, g):
-  rows = g.reshape(-1, g.shape[-1])  # (..., N) -> (rows, N)
-  # HIGHEST: accelerators would otherwise round the summands to bfloat16 or tf32.
-  return g, jnp.dot(jnp.ones((rows.shape[0],), rows.dtype), rows,
-                    precision=jax.lax.Precision.HIGHEST)
-
-
-add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
 
 
 def gather_positions(x: Array, positions: Array) -> Array:

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxbert import layers as L
 from jaxbert import model as M
 
 TINY = M.BertConfig(vocab_size=128, hidden_size=32, num_layers=2, num_heads=4,
@@ -99,7 +100,7 @@ def test_bfloat16_computes_in_bf16_with_float32_params():
 
 def test_row_dense_matches_dense_in_values_gradients_and_parameters():
   x = jax.random.normal(jax.random.key(0), (3, 5, 8))
-  dense, rows = nn.Dense(4, name="d"), M.RowDense(4, name="d")
+  dense, rows = nn.Dense(4, name="d"), L.RowDense(4, name="d")
   params = dense.init(jax.random.key(1), x)
   assert jax.tree.map(jnp.shape, rows.init(jax.random.key(1), x)) == jax.tree.map(jnp.shape, params)
   loss = lambda m: lambda p, x: jnp.sum(jnp.sin(m.apply(p, x)))
@@ -111,8 +112,8 @@ def test_row_dense_matches_dense_in_values_gradients_and_parameters():
 
 def test_gelu_is_the_exact_gelu():
   x = jnp.linspace(-8.0, 8.0, 1001)
-  np.testing.assert_allclose(M.gelu(x), nn.gelu(x, approximate=False), atol=2e-6)
-  np.testing.assert_allclose(jax.vmap(jax.grad(M.gelu))(x),
+  np.testing.assert_allclose(L.gelu(x), nn.gelu(x, approximate=False), atol=2e-6)
+  np.testing.assert_allclose(jax.vmap(jax.grad(L.gelu))(x),
                              jax.vmap(jax.grad(lambda v: nn.gelu(v, approximate=False)))(x),
                              atol=2e-6)
 
@@ -121,9 +122,9 @@ def test_add_bias_gradients_equal_autodiff_of_a_plain_add():
   y = jax.random.normal(jax.random.key(0), (3, 5, 7))
   bias = jax.random.normal(jax.random.key(1), (7,))
   loss = lambda add: lambda y, b: jnp.sum(jnp.sin(add(y, b)))
-  got = jax.grad(loss(M.add_bias), argnums=(0, 1))(y, bias)
+  got = jax.grad(loss(L.add_bias), argnums=(0, 1))(y, bias)
   want = jax.grad(loss(lambda y, b: y + b), argnums=(0, 1))(y, bias)
-  np.testing.assert_allclose(M.add_bias(y, bias), y + bias)
+  np.testing.assert_allclose(L.add_bias(y, bias), y + bias)
   for g, w in zip(got, want):
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
 
