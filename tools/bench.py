@@ -377,11 +377,8 @@ def loader_rate(examples, batch: int, seconds: float = 3.0) -> tuple[float, floa
 # ----------------------------------------------------------------------------- main
 
 
-def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.RawDescriptionHelpFormatter,
-                              epilog="variant keys:\n" + "\n".join(
-                                  f"  {k:15s} {v}" for k, v in VARIANT_KEYS.items()))
+def add_step_arguments(p: argparse.ArgumentParser) -> None:
+  """The options that define the benchmarked step (also tools/profile_step.py's)."""
   p.add_argument("--preset", default="small", help="mini, small, base, large, ... (model.py)")
   p.add_argument("--batch", type=int, default=32)
   p.add_argument("--seq-len", type=int, default=128)
@@ -390,14 +387,28 @@ def main(argv=None):
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   p.add_argument("--vocab-size", type=int, default=30522, help="default: bert-base-uncased's")
   p.add_argument("--dropout", type=float, default=0.1)
+  p.add_argument("--store", default="", help="a DocumentStore directory (else synthetic text)")
+  p.add_argument("--tokenizer", default="", help="the store's tokenizer directory")
+
+
+def resolve_step_arguments(args: argparse.Namespace) -> None:
+  """Fills in defaults that depend on other options."""
+  if not args.predictions:  # BERT's max_predictions_per_seq
+    args.predictions = {128: 20, 512: 80}.get(args.seq_len, math.ceil(0.15 * args.seq_len))
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter,
+                              epilog="variant keys:\n" + "\n".join(
+                                  f"  {k:15s} {v}" for k, v in VARIANT_KEYS.items()))
+  add_step_arguments(p)
   p.add_argument("--steps", type=int, default=20, help="timed steps per runner (>= 10)")
   p.add_argument("--rounds", type=int, default=5, help="alternation rounds")
   p.add_argument("--variants", default="default",
                  help="comma-separated jaxbert variants (see below)")
   p.add_argument("--peer", default="none", choices=("none", "hf-torch"))
   p.add_argument("--peer-modes", default="eager,compile", help="hf-torch modes to run")
-  p.add_argument("--store", default="", help="a DocumentStore directory (else synthetic text)")
-  p.add_argument("--tokenizer", default="", help="the store's tokenizer directory")
   p.add_argument("--packing", action="store_true",
                  help="report packing efficiency and time a jaxbert runner on packed rows")
   p.add_argument("--max-segments", type=int, default=4, help="examples per packed row, at most")
@@ -406,8 +417,7 @@ def main(argv=None):
   args = p.parse_args(argv)
   if args.steps < 10:
     p.error("--steps must be >= 10 (the median of at least 10 steps)")
-  if not args.predictions:  # BERT's max_predictions_per_seq
-    args.predictions = {128: 20, 512: 80}.get(args.seq_len, math.ceil(0.15 * args.seq_len))
+  resolve_step_arguments(args)
   device = "cpu"
   if args.peer == "hf-torch":
     import torch  # pylint: disable=g-import-not-at-top

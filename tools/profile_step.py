@@ -92,10 +92,13 @@ def attribute(spans, marks, ops) -> collections.Counter:
   is counted in the latter, which it slows down. Only ops named in `ops` count.
   """
   spans = [sp for sp in spans if sp[2] in ops]
+  by_name = collections.defaultdict(list)
+  for sp in sorted(spans):
+    by_name[sp[2]].append(sp)
   in_flight = []  # (launch, completion, name) of handed-off ops
-  for name in {n for _, _, n in spans}:
+  for name, own in by_name.items():
     done = sorted(marks.get(name, []))
-    for start, end, _ in sorted(sp for sp in spans if sp[2] == name):
+    for start, end, _ in own:
       later = next((m for m in done if m >= start), None)
       if later is not None:
         done.remove(later)
@@ -116,18 +119,12 @@ def attribute(spans, marks, ops) -> collections.Counter:
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--preset", default="small")
-  p.add_argument("--batch", type=int, default=32)
-  p.add_argument("--seq-len", type=int, default=128)
-  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-  p.add_argument("--vocab-size", type=int, default=30522)
-  p.add_argument("--dropout", type=float, default=0.1)
+  bench.add_step_arguments(p)
   p.add_argument("--variants", default="default", help="one tools/bench.py --variants entry")
   p.add_argument("--steps", type=int, default=3, help="traced steps")
   p.add_argument("--top", type=int, default=6, help="ops listed per group")
   args = p.parse_args(argv)
-  args.predictions = {128: 20, 512: 80}.get(args.seq_len, -(-15 * args.seq_len // 100))
-  args.store, args.tokenizer, args.packing = "", "", False
+  bench.resolve_step_arguments(args)
 
   batches = bench.make_batches(bench.make_examples(args), args.batch, 4)
   runner = bench.jax_runner(args, args.variants, batches, args.predictions)
