@@ -155,7 +155,7 @@ def decode_qa(examples: Sequence[dict[str, Any]], metadata: dict[str, Any],
               start_logits: np.ndarray, end_logits: np.ndarray, *,
               n_best_size: int = 20, max_answer_len: int = 30, version_2: bool = False,
               null_score_threshold: float = 0.0) -> list[dict[str, Any]]:
-  """Per example {"id", "prediction", "score", "null_score"}.
+  """Per example {"id", "prediction", "start", "end", "score", "null_score"}.
 
   v2.0: the answer is "" when the [CLS] null score (the smallest over the
   windows) beats the best span's score by more than `null_score_threshold`.
@@ -192,10 +192,16 @@ def decode_qa(examples: Sequence[dict[str, Any]], metadata: dict[str, Any],
       if score.size and np.max(score) > best_score:
         i, j = np.unravel_index(np.argmax(score), score.shape)
         best, best_score = (ws + int(top_s[i]), ws + int(top_e[j])), float(score[i, j])
-    text = "" if best is None else ex["context"][offs[best[0], 0]:offs[best[1], 1]].strip()
+    text, start = "", None
+    if best is not None:
+      raw = ex["context"][offs[best[0], 0]:offs[best[1], 1]]
+      text = raw.strip()
+      start = int(offs[best[0], 0]) + len(raw) - len(raw.lstrip())
     if version_2 and best is not None and null_score - best_score > null_score_threshold:
-      text = ""
-    results.append({"id": ex["id"], "prediction": text,
+      text, start = "", None
+    # start / end: the answer's character span in the context (None without an answer).
+    results.append({"id": ex["id"], "prediction": text, "start": start,
+                    "end": None if start is None else start + len(text),
                     "score": best_score if best is not None else None,
                     "null_score": null_score})
   return results
