@@ -1,4 +1,5 @@
-"""Hugging Face import/export (jaxbert/hf/) and the parity tools.
+"""Hugging Face import/export (jaxbert/hf/) and the parity tools (tools/compare_hf.py,
+experiments/stsb_eval.py).
 
 The checkpoints are tiny random ones in Hugging Face's layout (tests/hf_fakes.py), named
 by hand rather than from jaxbert's own table, so a wrong name or a missing transpose in
@@ -278,7 +279,7 @@ def test_exported_heads_load_and_match_transformers(tmp_path, torch_transformers
     np.testing.assert_allclose(out["end_logits"][real], ref.end_logits.numpy()[real], atol=1e-4)
 
 
-# --- the real MiniLM (skips without the package / ../shared) -------------------------
+# --- the real MiniLM (skips without the package, the peers or ../shared) ------------
 
 @pytest.fixture
 def minilm_dir():
@@ -301,9 +302,20 @@ def test_import_minilm(minilm_dir, tmp_path):
   assert tok.encode("Hello, world!") == [7592, 1010, 2088, 999]
 
 
+def test_minilm_hidden_states_match_transformers(minilm_dir, torch_transformers, capsys):
+  """The real pre-trained MiniLM-L6 on a padded batch: jaxbert's last hidden states and
+  pooler output within 1e-5 of `transformers.BertModel`'s, with the same token ids."""
+  results = _load_tool("compare_hf").compare(minilm_dir, tolerance=1e-5)
+  out = capsys.readouterr().out
+  assert results["ok"], out
+  assert results["hidden"] <= 1e-5 and results["pooler"] <= 1e-5, out
+  assert "token ids equal to transformers' tokenizer: yes" in out
+
+
 def test_stsb_spearman_minilm(minilm_dir):
+  from experiments import stsb_eval
   data_dir = os.path.join(SHARED_DATA, "tfds")
   if not os.path.isdir(os.path.join(data_dir, "glue", "stsb")):
     pytest.skip(f"{data_dir}/glue/stsb not present (real data lives in ../shared/data)")
-  rho = _load_tool("stsb_eval").stsb_spearman(minilm_dir, data_dir)
+  rho = stsb_eval.stsb_spearman(minilm_dir, data_dir)
   assert rho >= 0.86

@@ -1,13 +1,10 @@
-"""tools/pretrain_gain.py's table from finished sweeps: medians over seeds, best vs best."""
+"""experiments/pretrain_gain.py's table from finished sweeps: medians over seeds, best vs best."""
 
 from __future__ import annotations
 
 import csv
-import importlib
 import json
 import os
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _finished_sweep(workdir, rows):
@@ -20,8 +17,7 @@ def _finished_sweep(workdir, rows):
 
 def test_table_takes_the_median_over_seeds_and_compares_best_medians(tmp_path, monkeypatch,
                                                                      capsys):
-  monkeypatch.syspath_prepend(os.path.join(REPO, "tools"))
-  gain = importlib.import_module("pretrain_gain")
+  from experiments import pretrain_gain as gain
   init = tmp_path / "init"
   (init / "tokenizer").mkdir(parents=True)
   (init / "config.json").write_text(json.dumps({"model": {"preset": "mini"}}))
@@ -44,9 +40,8 @@ def test_table_takes_the_median_over_seeds_and_compares_best_medians(tmp_path, m
   assert (root / "gain.md").read_text().strip() == table.strip()
 
 
-def test_commands_carry_learning_rates_seeds_and_recipe_flags(monkeypatch):
-  monkeypatch.syspath_prepend(os.path.join(REPO, "tools"))
-  gain = importlib.import_module("pretrain_gain")
+def test_commands_carry_learning_rates_seeds_and_recipe_flags():
+  from experiments import pretrain_gain as gain
   cmd = gain.command("sst2_16k_frozen", "W", ["--config.init=I"], [1e-4, 3e-4], [0, 1])
   assert "--config.optim.freeze=encoder" in cmd
   assert cmd[-2:] == ["--config.sweep.space.optim.lr=[0.0001,0.0003]",

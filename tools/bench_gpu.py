@@ -10,7 +10,11 @@ time, memory, and jaxbert's speed ratio against each peer. Installs nothing; nee
 jax with CUDA, torch and transformers, as the lent H100/H200 image has.
 
 JAX preallocates most of the GPU by default, which would starve PyTorch in the same
-process: the runs get XLA_PYTHON_CLIENT_PREALLOCATE=false.
+process: the runs get XLA_PYTHON_CLIENT_PREALLOCATE=false. The runs import jaxbert from
+this checkout (PYTHONPATH), so it need not be installed there; a device image without
+ml_collections (pure Python) gets it from .whl/site/, which `--prepare` fills from this
+machine's .venv (carry `.whl` to the device). No configuration starts after --budget-s
+seconds, so a run fits a device machine's per-command limit.
 
 The same script runs on CPU for a quick check of itself:
     python tools/bench_gpu.py --configs tiny:128:8 --dtype float32 --steps 10 --rounds 2
@@ -21,11 +25,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+SITE = os.path.join(REPO, ".whl", "site")
 # (preset, sequence length, batch): the base and large at 128 and 512 pieces.
 DEFAULT_CONFIGS = "large:128:64,base:128:64,base:512:16,large:512:16"
 
@@ -38,7 +46,9 @@ def run_one(preset: str, seq_len: int, batch: int, args) -> dict:
            "--steps", str(args.steps), "--rounds", str(args.rounds), "--json", out]
     if args.peer_modes:
       cmd += ["--peer", "hf-torch", "--peer-modes", args.peer_modes]
-    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
+    path = [REPO] + ([SITE] if os.path.isdir(SITE) else []) + [os.environ.get("PYTHONPATH", "")]
+    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false",
+               PYTHONPATH=os.pathsep.join(p for p in path if p))
     print("$ " + " ".join(cmd), flush=True)
     try:
       proc = subprocess.run(cmd, env=env, timeout=args.timeout, capture_output=True, text=True)
@@ -49,6 +59,14 @@ def run_one(preset: str, seq_len: int, batch: int, args) -> dict:
       return {"error": f"exit {proc.returncode}: " + proc.stderr.strip().splitlines()[-1][:200]}
     with open(out) as f:
       return json.load(f)
+
+
+def prepare() -> int:
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  shutil.rmtree(SITE, ignore_errors=True)
+  shutil.copytree(os.path.dirname(ml_collections.__file__), os.path.join(SITE, "ml_collections"))
+  print(f"prepared {SITE}: {sorted(os.listdir(SITE))}")
+  return 0
 
 
 def table(results: list[tuple[str, dict]]) -> str:
@@ -81,7 +99,13 @@ def main(argv=None):
                  help="hf-torch modes; empty: jaxbert alone")
   p.add_argument("--timeout", type=int, default=400, help="seconds per configuration")
   p.add_argument("--out", default="", help="also write the table (Markdown) here")
+  p.add_argument("--budget-s", type=float, default=540,
+                 help="start no configuration after this many seconds")
+  p.add_argument("--prepare", action="store_true",
+                 help="copy ml_collections from this environment into .whl/site and exit")
   args = p.parse_args(argv)
+  if args.prepare:
+    return prepare()
   configs = []
   for spec in args.configs.split(","):
     try:
@@ -89,8 +113,13 @@ def main(argv=None):
       configs.append((preset, int(seq_len), int(batch)))
     except ValueError:
       p.error(f"--configs entry {spec!r} is not preset:seq_len:batch")
-  results = [(f"{preset} T={seq_len} b={batch} {args.dtype}", run_one(preset, seq_len, batch, args))
-             for preset, seq_len, batch in configs]
+  start, results = time.monotonic(), []
+  for preset, seq_len, batch in configs:
+    name = f"{preset} T={seq_len} b={batch} {args.dtype}"
+    if time.monotonic() - start > args.budget_s:
+      results.append((name, {"error": f"not run: budget of {args.budget_s:g} s spent"}))
+    else:
+      results.append((name, run_one(preset, seq_len, batch, args)))
   text = table(results)
   print("\n" + text)
   if args.out:

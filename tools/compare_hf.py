@@ -28,8 +28,6 @@ import tempfile
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 # Sentences of different lengths, so the batch has padding.
 SENTENCES = [
     "The cat sat on the mat.",

@@ -1,7 +1,7 @@
 """Masked-LM accuracy of a pre-training checkpoint on other text: does it know this domain?
 
-    python tools/mlm_probe.py --init runs/mini --text ../shared/data/corpus/fortunes.txt
-    python tools/mlm_probe.py --init runs/mini --tfds glue/sst2 --split validation \
+    python -m experiments.mlm_probe --init runs/mini --text ../shared/data/corpus/fortunes.txt
+    python -m experiments.mlm_probe --init runs/mini --tfds glue/sst2 --split validation \
         --field sentence --data-dir ../shared/data/tfds
 
 Each line (or tfds example) becomes one row `[CLS] text [SEP]`, truncated to --seq-len;

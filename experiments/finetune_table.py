@@ -1,7 +1,7 @@
 """Fine-tune one checkpoint on every task of configs/finetune/ and print a results table.
 
-    .venv/bin/python tools/finetune_table.py --init runs/minilm --root runs/minilm_tasks
-    .venv/bin/python tools/finetune_table.py --init runs/minilm --root runs/minilm_tasks \
+    .venv/bin/python -m experiments.finetune_table --init runs/minilm --root runs/minilm_tasks
+    .venv/bin/python -m experiments.finetune_table --init runs/minilm --root runs/minilm_tasks \
         --tasks sst2,mrpc
 
 Each task is one `jaxbert finetune` command (printed before it runs, so it can be

@@ -1,8 +1,8 @@
 """Fine-tune one Hugging Face BERT two ways, jaxbert and transformers on PyTorch.
 
-    .venv/bin/python tools/finetune_hf_peer.py                     # MiniLM on SST-2 train[:2000]
-    .venv/bin/python tools/finetune_hf_peer.py --train-split 'train[:4000]' --epochs 2
-    .venv/bin/python tools/finetune_hf_peer.py --only jaxbert      # one side only
+    .venv/bin/python -m experiments.finetune_hf_peer                     # MiniLM on SST-2 train[:2000]
+    .venv/bin/python -m experiments.finetune_hf_peer --train-split 'train[:4000]' --epochs 2
+    .venv/bin/python -m experiments.finetune_hf_peer --only jaxbert      # one side only
 
 The peer side needs the optional peers PyTorch and transformers (`pip install -e .[peer]`);
 without them the script says so and exits with status 2 (`--only jaxbert` runs without
@@ -45,8 +45,6 @@ import sys
 import time
 
 import numpy as np
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 DEFAULT_DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "..", "shared", "data", "tfds")

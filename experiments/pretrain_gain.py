@@ -1,7 +1,7 @@
 """What pre-training buys: a pre-training run's encoder against random initialisation.
 
-    .venv/bin/python tools/pretrain_gain.py --init runs/mini --root runs/ft
-    .venv/bin/python tools/pretrain_gain.py --init runs/mini --root runs/ft --reinit pooler
+    .venv/bin/python -m experiments.pretrain_gain --init runs/mini --root runs/ft
+    .venv/bin/python -m experiments.pretrain_gain --init runs/mini --root runs/ft --reinit pooler
 
 For each recipe below, two `jaxbert sweep`s with identical settings (task, training
 subset, sequence length, epochs, batch, learning rates, key stream): one starts from
@@ -27,7 +27,7 @@ import os
 import statistics
 import sys
 
-from finetune_table import run_jaxbert, show  # tools/ is on sys.path for a script
+from experiments.finetune_table import run_jaxbert, show
 
 # name -> (config file, training split or "" for the config's, epochs, learning rates,
 # further flags).

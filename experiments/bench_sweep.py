@@ -1,8 +1,8 @@
 """Sweep benchmark: trials side by side (one vmapped program) against one after another.
 
-    .venv/bin/python tools/bench_sweep.py                       # 4 trials of a mini BERT
-    .venv/bin/python tools/bench_sweep.py --lrs 1e-4,2e-4,3e-4,5e-4 --seeds 0,1 --steps 200
-    .venv/bin/python tools/bench_sweep.py --init runs/minilm --task glue/sst2 \
+    .venv/bin/python -m experiments.bench_sweep                       # 4 trials of a mini BERT
+    .venv/bin/python -m experiments.bench_sweep --lrs 1e-4,2e-4,3e-4,5e-4 --seeds 0,1 --steps 200
+    .venv/bin/python -m experiments.bench_sweep --init runs/minilm --task glue/sst2 \
         --data-dir ../shared/data/tfds --train-split 'train[:2000]'
 
 The same sweep (learning rates x seeds, `jaxbert.sweep.run_sweep`) runs twice in
@@ -33,11 +33,9 @@ import time
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from jaxbert import sweep as sweep_lib  # noqa: E402
-from jaxbert.defaults import finetune_config  # noqa: E402
-from jaxbert.tokenizer import train_sentencepiece  # noqa: E402
+from jaxbert import sweep as sweep_lib
+from jaxbert.defaults import finetune_config
+from jaxbert.tokenizer import train_sentencepiece
 
 
 def write_synthetic_task(folder: str, n_train: int, n_eval: int, seed: int = 0) -> list[str]:

