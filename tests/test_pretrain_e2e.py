@@ -80,7 +80,6 @@ def test_every_checkpoint_carries_the_tokenizer(reference_run, tmp_path):
     assert os.path.isdir(copy / "checkpoints" / step / "tokenizer")
   source = handover.open_source(str(copy / "checkpoints" / "6"))
   assert source.tokenizer.fingerprint() == load_tokenizer(
-      os.path.join(workdir, "tokenizer")).fingerprint() == load_tokenizer(
       os.path.join(workdir, "tokenizer")).fingerprint()
 
 

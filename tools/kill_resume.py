@@ -281,7 +281,7 @@ def final_state(workdir: str, step: int | None = None) -> tuple[int, dict[str, n
   return step, flat
 
 
-def bitwise_equal(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> list[str]:
+def differing_leaves(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> list[str]:
   """Paths whose arrays differ (or exist on one side only); [] when equal bit for bit."""
   return [k for k in sorted(set(a) | set(b))
           if k not in a or k not in b or a[k].dtype != b[k].dtype
@@ -306,7 +306,7 @@ def kill_trial(command, config, workdir, kill, ref_state, *, env) -> tuple[bool,
     return False, f"restart failed (exit {again.returncode}): {again.stderr[-2000:]}"
   step, state = final_state(workdir)
   ref_step, ref_arrays = ref_state
-  differ = bitwise_equal(state, ref_arrays)
+  differ = differing_leaves(state, ref_arrays)
   how = f"restarted from step {resumed_step(again.stderr)}, ended at step {step}"
   if step != ref_step or differ:
     return False, f"{how}; differs from the reference in {differ[:3]} (+{max(len(differ) - 3, 0)})"
