@@ -36,10 +36,18 @@ def _sweep(args, overrides) -> int:
   from jaxbert import config as config_lib  # pylint: disable=g-import-not-at-top
   from jaxbert.sweep import run_sweep  # pylint: disable=g-import-not-at-top
   best = run_sweep(config_lib.load(args.config, overrides), args.workdir)
-  print(f"best trial {best['trial']}: {best['metric']}={best['value']:.4g} (setting median "
-        f"{best['setting_median']:.4g} over {best['setting_seeds']} seed(s)); "
-        f"table: {os.path.join(args.workdir, 'results.md')}; "
-        f"checkpoint: {os.path.join(args.workdir, 'best')}")
+  table = os.path.join(args.workdir, "results.md")
+  if best.get("trial"):
+    print(f"best trial {best['trial']}: {best['metric']}={best['value']:.4g} (setting median "
+          f"{best['setting_median']:.4g} over {best['setting_seeds']} seed(s)); table: {table}; "
+          f"checkpoint: {os.path.join(args.workdir, 'best')}")
+  if best.get("diverged"):
+    print(f"{len(best['diverged'])} trial(s) diverged (status 'diverged' in {table})")
+  if best.get("preempted"):
+    print(f"stopped by SIGTERM with {len(best['unfinished'])} trial(s) unfinished (saved); "
+          "run the same command to continue")
+  elif not best.get("trial"):
+    print(f"no trial finished without diverging; table: {table}")
   return 0
 
 

@@ -7,7 +7,6 @@ data, the head and the loss differ.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 
@@ -25,7 +24,6 @@ from jaxbert.checkpoint import write_json_atomic
 from jaxbert.config import ConfigDict
 from jaxbert.data import scoring
 from jaxbert.data import tasks as tasks_lib
-from jaxbert.early_stopping import EarlyStopping
 from jaxbert.errors import UserError
 
 log = logging.getLogger("jaxbert")
@@ -123,48 +121,27 @@ class FinetuneTask:
     if n < self.global_batch:
       raise UserError(f"{d.task} split {d.train_split!r} has {n} examples, fewer than "
                       f"train.batch_size={self.global_batch}")
-    epochs = config.train.get("epochs", 0)
-    steps = int(np.ceil(epochs * n / self.global_batch)) if epochs else config.train.steps
-    self.total_steps = steps * (config.optim.accum_steps or 1)
-    self.optimizer_steps = steps
-    self.early_stopping = self._early_stopping(config)
-    self._save_tokenizer()
-    log.info("task %s (%s): %d train / %d eval examples; %d steps of batch %d",
-             d.task, self.spec.kind, n, self.eval_data.num_features, self.total_steps,
-             self.global_batch)
+    self.num_train_examples = n
+    self.main_metric = self.spec.main_metric
+    self.higher_is_better = self.spec.higher_is_better
+    log.info("task %s (%s): %d train / %d eval examples; batch %d",
+             d.task, self.spec.kind, n, self.eval_data.num_features, self.global_batch)
     for split, data in ((d.train_split, self.train_data), (d.eval_split, self.eval_data)):
       if data.counts.get("truncated"):
         log.warning("%s split %r: %d of %d examples are longer than data.max_seq_len=%d pieces "
                     "and were truncated", d.task, split, data.counts["truncated"],
                     data.counts["examples"], d.max_seq_len)
 
-  def _early_stopping(self, config: ConfigDict) -> EarlyStopping | None:
-    t = config.train
-    patience = t.get("early_stopping_patience", 0)
-    if not patience:
-      return None
-    if t.eval_every >= self.total_steps:
-      raise UserError(f"train.early_stopping_patience={patience} needs evaluations during "
-                      f"training: set train.eval_every below the {self.total_steps} steps")
-    return EarlyStopping(self.spec.main_metric, patience, t.get("early_stopping_min_delta", 0.0),
-                         self.spec.higher_is_better)
-
   def for_run(self, config: ConfigDict, workdir: str) -> FinetuneTask:
     """This task's data and model for another run (`config`, `workdir`).
 
-    The runs may differ only in what the task reads per run: seed, optimizer and early
-    stopping. Trials trained side by side share one loaded task this way.
+    The runs may differ only in what the task reads per run: the seed (data order)
+    and the workdir its evaluation writes to. Trials trained side by side share one
+    loaded task this way.
     """
     other = copy.copy(self)
     other.config, other.workdir = config, workdir
-    other.early_stopping = other._early_stopping(config)
-    other._save_tokenizer()
     return other
-
-  def _save_tokenizer(self):
-    path = os.path.join(self.workdir, "tokenizer")
-    if jax.process_index() == 0 and not os.path.isdir(path):
-      self.tokenizer.save(path)
 
   # --- data --------------------------------------------------------------------
   def _train_indices(self, step: int) -> np.ndarray:
@@ -182,8 +159,8 @@ class FinetuneTask:
   def example_batch(self):
     return _rows(self.train_data, np.arange(self.local_batch))
 
-  def batches(self, start_step: int):
-    for step in range(start_step, self.total_steps):
+  def batches(self, start_step: int, stop_step: int):
+    for step in range(start_step, stop_step):
       yield _rows(self.train_data, self._train_indices(step))
 
   # --- model ---------------------------------------------------------------------
@@ -231,18 +208,3 @@ class FinetuneTask:
                          "main_metric": self.spec.main_metric,
                          "higher_is_better": self.spec.higher_is_better})
     return metrics
-
-  def should_stop(self, step: int, metrics: dict[str, float]) -> bool:
-    """Early stopping, asked by the trainer after each evaluation; a resumed run
-    starts counting its patience afresh."""
-    if self.early_stopping is None:
-      return False
-    stop = self.early_stopping.update(step, metrics) and step < self.total_steps
-    if jax.process_index() == 0:  # Say in results.json why the run ended where it did.
-      path = os.path.join(self.workdir, "results.json")
-      with open(path) as f:
-        results = json.load(f)
-      results["early_stopping"] = dict(self.early_stopping.to_dict(),
-                                       stopped_at=step if stop else None)
-      write_json_atomic(path, results)
-    return stop

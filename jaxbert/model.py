@@ -258,7 +258,10 @@ class BertModel(nn.Module):
 
 
 def _encode(bert: BertModel, batch: dict[str, Array], deterministic: bool):
-  return bert(batch["input_ids"], batch.get("token_type_ids"), batch.get("attention_mask"),
+  # Packed rows name each token's example (segment_ids 1, 2, ...; 0 padding): a token
+  # attends within its own example only. Unpacked rows: the 0/1 attention_mask.
+  mask = batch.get("segment_ids", batch.get("attention_mask"))
+  return bert(batch["input_ids"], batch.get("token_type_ids"), mask,
               batch.get("position_ids"), batch.get("nsp_positions"),
               deterministic=deterministic)
 

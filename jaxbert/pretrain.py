@@ -211,16 +211,39 @@ def continued_data_seed(seed: int, source: handover.Source) -> int:
   return int.from_bytes(digest[:4], "little") >> 1
 
 
+@dataclasses.dataclass
+class PretrainInputs:
+  """What pre-training reads before its task is built: the checkpoint it continues (if
+  any), the tokenizer (the checkpoint's, or trained on the corpus) and the tokenized
+  corpus, split into training and held-out documents."""
+
+  source: handover.Source | None
+  tokenizer: tok_lib.Tokenizer
+  train_store: DocumentStore
+  eval_store: DocumentStore
+
+
+def prepare_inputs(config: ConfigDict, workdir: str) -> PretrainInputs:
+  source = handover.source_for_run(config)
+  tokenizer = source.tokenizer if source is not None else prepare_tokenizer(config, workdir)
+  train_store, eval_store = prepare_stores(config, workdir, tokenizer)
+  return PretrainInputs(source, tokenizer, train_store, eval_store)
+
+
+def build_task(config: ConfigDict, workdir: str, mesh) -> PretrainTask:
+  """Prepares the inputs (tokenizer, tokenized corpus), then builds the task on them."""
+  return PretrainTask(config, workdir, mesh, prepare_inputs(config, workdir))
+
+
 class PretrainTask:
   """MLM + NSP on a corpus; see jaxbert/train.py for the Task protocol."""
 
-  def __init__(self, config: ConfigDict, workdir: str, mesh):
+  def __init__(self, config: ConfigDict, workdir: str, mesh, inputs: PretrainInputs):
     self.config = config
     self.workdir = workdir
     self.batch_sharding = shd.batch_sharding(mesh)
-    self.source = handover.source_for_run(config)
-    self.tokenizer = (self.source.tokenizer if self.source is not None
-                      else prepare_tokenizer(config, workdir))
+    self.source = inputs.source
+    self.tokenizer = inputs.tokenizer
     vocab = tok_lib.padded_vocab_size(self.tokenizer.vocab_size)
     self.model_cfg = bert_config(config.model, vocab)
     if self.source is not None:
@@ -231,7 +254,7 @@ class PretrainTask:
       raise UserError(f"config.data.max_seq_len={d.max_seq_len} exceeds "
                       f"config.model.max_position_embeddings={self.model_cfg.max_position_embeddings}")
     self.model = BertForPreTraining(self.model_cfg)
-    train_store, eval_store = prepare_stores(config, workdir, self.tokenizer)
+    train_store, eval_store = inputs.train_store, inputs.eval_store
     data_cfg = PretrainDataConfig(
         max_seq_len=d.max_seq_len, max_predictions_per_seq=d.max_predictions_per_seq,
         mask_prob=d.mask_prob, short_seq_prob=d.short_seq_prob, whole_word=d.whole_word,
@@ -246,8 +269,8 @@ class PretrainTask:
       self.train_examples = packed(self.train_examples, d.packing)
     # Held-out examples stay one per row, so their metrics compare across packing settings.
     self.eval_examples = PretrainingExamples.from_tokenizer(eval_store, data_cfg, self.tokenizer)
-    self.optimizer_steps = config.train.steps
-    self.total_steps = config.train.steps * (config.optim.accum_steps or 1)
+    self.num_train_examples = None  # pre-training counts steps, not epochs
+    self.main_metric, self.higher_is_better = None, True
     self.global_batch = config.train.batch_size
     self.local_batch = self.global_batch // jax.process_count()
     # The most frequent training piece: the baseline the held-out MLM accuracy must beat.
@@ -257,7 +280,6 @@ class PretrainTask:
     counts[special] = 0
     self.majority_id = int(counts.argmax())
     self._eval_batches = None
-    self._save_tokenizer(workdir)
     log.info("corpus: %d train documents (%d tokens), %d held out; model %s, vocabulary %d",
              train_store.num_docs, train_store.num_tokens, eval_store.num_docs,
              config.model.preset, vocab)
@@ -269,11 +291,6 @@ class PretrainTask:
                   "(%d pieces with [CLS] and 2 [SEP]) and are truncated in training examples",
                   long, len(lengths), d.max_seq_len, d.max_seq_len - 3)
 
-  def _save_tokenizer(self, workdir):
-    path = os.path.join(workdir, "tokenizer")
-    if jax.process_index() == 0 and not os.path.isdir(path):
-      self.tokenizer.save(path)
-
   def example_batch(self):
     return batch_examples([self.train_examples.example(0, 0)] * self.local_batch)
 
@@ -281,9 +298,9 @@ class PretrainTask:
     outputs = self.model.apply({"params": params}, batch, deterministic=False, rngs={"dropout": rng})
     return mlm_nsp_loss(outputs, batch)
 
-  def batches(self, start_step: int):
+  def batches(self, start_step: int, stop_step: int):
     source = StepBatches(self.train_examples, self.global_batch, start_step,
-                         self.total_steps - start_step)
+                         stop_step - start_step)
     return batch_iterator(source, self.config.data.num_workers)
 
   def init_params(self, params, param_shardings):

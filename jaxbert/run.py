@@ -1,4 +1,5 @@
-"""Entry point shared by `jaxbert pretrain` and `jaxbert finetune`: config -> trained workdir."""
+"""Entry point shared by `jaxbert pretrain`, `jaxbert finetune` and the sweep's trials:
+configs -> mesh -> task -> the trainer (jaxbert/train.py)."""
 
 from __future__ import annotations
 
@@ -10,16 +11,16 @@ import jax
 from jaxbert import sharding as shd
 from jaxbert.config import ConfigDict
 from jaxbert.errors import UserError
-from jaxbert.optim import make_optimizer
-from jaxbert.train import check_workdir_config, train
+from jaxbert.train import Outcome, TrainingDiverged, check_workdir_config, train_trials
 
 log = logging.getLogger("jaxbert")
 
 
 def build_task(config: ConfigDict, workdir: str, mesh):
+  """The task of `config`; its inputs (tokenizer, corpus, task files) are prepared first."""
   if config.task == "pretrain":
-    from jaxbert.pretrain import PretrainTask  # pylint: disable=g-import-not-at-top
-    return PretrainTask(config, workdir, mesh)
+    from jaxbert import pretrain  # pylint: disable=g-import-not-at-top
+    return pretrain.build_task(config, workdir, mesh)
   if config.task == "finetune":
     from jaxbert.finetune import FinetuneTask  # pylint: disable=g-import-not-at-top
     return FinetuneTask(config, workdir, mesh)
@@ -30,22 +31,36 @@ def run(config: ConfigDict, workdir: str, devices=None) -> dict[str, float]:
   """Trains (or resumes) the run `config` describes in `workdir`; returns final eval metrics.
 
   `devices` restricts the mesh to some devices (tests); by default it spans all of them.
+  A run that diverges raises TrainingDiverged.
   """
+  outcome = run_trials([config], [workdir], devices)[0]
+  if outcome.status == "diverged":
+    raise TrainingDiverged(outcome.message)
+  return outcome.metrics
+
+
+def run_trials(configs: list[ConfigDict], workdirs: list[str], devices=None,
+               on_finish=None) -> list[Outcome]:
+  """Trains (or resumes) runs that share one program (one run, or a sweep's trials side
+  by side); returns each one's outcome. See jaxbert.train.train_trials."""
+  base = configs[0]
   shd.maybe_initialize_distributed()
-  jax.config.update("jax_default_prng_impl", config.train.prng_impl)
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
-  mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp, devices)
+  jax.config.update("jax_default_prng_impl", base.train.prng_impl)
+  workdirs = [os.path.abspath(w) for w in workdirs]
+  for w in workdirs:
+    os.makedirs(w, exist_ok=True)
+  mesh = shd.make_mesh(base.mesh.data, base.mesh.fsdp, devices)
   n = mesh.size
-  if config.train.batch_size % n:
-    raise UserError(f"train.batch_size={config.train.batch_size} must be a multiple of the "
+  if base.train.batch_size % n:
+    raise UserError(f"train.batch_size={base.train.batch_size} must be a multiple of the "
                     f"{n} devices (mesh {dict(mesh.shape)})")
   log.info("%d process(es), %d device(s), mesh %s", jax.process_count(), n, dict(mesh.shape))
   # Before the task writes caches into the workdir, so a different run's workdir stays as
-  # it is; train() records the config once the task is built.
-  check_workdir_config(workdir, config, record=False)
+  # it is; the trainer records the config once the task is built.
+  for c, w in zip(configs, workdirs):
+    check_workdir_config(w, c, record=False)
   # Process 0 prepares the shared caches (tokenizer, tokenized corpus, task files); the
   # others then read them instead of writing the same files at the same time.
-  task = shd.process_0_first(lambda: build_task(config, workdir, mesh))
-  make_tx = lambda params: make_optimizer(config.optim, params, task.optimizer_steps)
-  return train(config, workdir, task, make_tx, mesh)
+  task = shd.process_0_first(lambda: build_task(base, workdirs[0], mesh))
+  tasks = [task] + [task.for_run(c, w) for c, w in zip(configs[1:], workdirs[1:])]
+  return train_trials(configs, workdirs, tasks, mesh, on_finish)

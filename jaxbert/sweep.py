@@ -12,7 +12,14 @@
 
 The objective is the task's main validation metric (or `sweep.metric`). Trials
 that differ only in seed and learning-rate schedule train side by side in one
-compiled program (jaxbert/side_by_side.py); the others run one after another.
+compiled program (jaxbert/trials.py); the others run one after another. Either way
+each trial goes through the one trainer (jaxbert/train.py), with its guarantees:
+- SIGTERM: every running trial saves at its next step boundary, the sweep stops and
+  exits normally, and the same command finishes the trials; a preempted trial is
+  never recorded as finished.
+- A trial that diverges (train.max_nonfinite non-finite steps in a row) stops
+  unsaved, is recorded with status `diverged`, is never chosen as best, and is not
+  retried by a restart; the other trials go on.
 """
 
 from __future__ import annotations
@@ -32,13 +39,14 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from jaxbert import side_by_side
 from jaxbert import sweep_report
 from jaxbert.checkpoint import write_json_atomic
 from jaxbert.config import ConfigDict, set_key
 from jaxbert.data import tasks as tasks_lib
 from jaxbert.errors import UserError
-from jaxbert.run import run
+from jaxbert.preemption import Preemption
+from jaxbert.run import run_trials
+from jaxbert import trials as trials_lib
 from jaxbert.train import check_workdir_config
 
 log = logging.getLogger("jaxbert")
@@ -209,7 +217,8 @@ def _read_json(path: str):
 
 
 def finished_record(trial: Trial) -> dict[str, Any] | None:
-  """The trial's record if it has finished with exactly this config, else None."""
+  """The trial's record if it has ended (finished, stopped early or diverged) with
+  exactly this config, else None."""
   record = _read_json(os.path.join(trial.workdir, "trial.json"))
   if record is None or record.get("config") != _normalized(trial.config):
     return None
@@ -226,10 +235,19 @@ def _eval_history(workdir: str) -> list[dict[str, Any]]:
 
 
 def make_record(trial: Trial, metrics: dict[str, float] | None, metric: str, *,
-                mode: str, wall_s: float) -> dict[str, Any]:
-  """What trial.json holds: overrides, final metrics, objective, steps, early stopping."""
+                mode: str, wall_s: float, status: str = "finished",
+                message: str = "") -> dict[str, Any]:
+  """What trial.json holds: status, overrides, final metrics, objective, steps, early
+  stopping. A diverged trial's objective is NaN (it ranks last and is never best)."""
   results = _read_json(os.path.join(trial.workdir, "results.json")) or {}
   metrics = metrics or results.get("metrics") or {}
+  if status == "diverged":
+    name = metric or results.get("main_metric") or next(iter(metrics), "")
+    return {"id": trial.id, "overrides": trial.overrides, "status": status, "metric": name,
+            "value": float("nan"), "higher_is_better": results.get("higher_is_better", True),
+            "metrics": metrics, "steps": None, "stopped_early": False, "best_eval": None,
+            "message": message, "mode": mode, "wall_s": round(wall_s, 3),
+            "config": _normalized(trial.config)}
   # evaluate() lists the main metric first (results.json is on process 0 only).
   name = metric or results.get("main_metric") or next(iter(metrics), "")
   if name not in metrics:
@@ -240,7 +258,7 @@ def make_record(trial: Trial, metrics: dict[str, float] | None, metric: str, *,
   best = max(history, key=lambda h: (1 if higher else -1) * h.get(name, -math.inf),
              default=None)
   stopping = results.get("early_stopping") or {}
-  return {"id": trial.id, "overrides": trial.overrides, "metric": name,
+  return {"id": trial.id, "overrides": trial.overrides, "status": status, "metric": name,
           "value": float(metrics[name]), "higher_is_better": higher, "metrics": metrics,
           "steps": history[-1]["step"] if history else None,
           "stopped_early": stopping.get("stopped_at") is not None,
@@ -257,7 +275,7 @@ def plan(trials: list[Trial], config: ConfigDict) -> list[list[Trial]]:
     return [[t] for t in trials]
   groups: dict[str, list[Trial]] = {}
   for t in trials:
-    groups.setdefault(side_by_side.group_key(t.config), []).append(t)
+    groups.setdefault(trials_lib.group_key(t.config), []).append(t)
   limit = config.sweep.max_side_by_side or len(trials)
   return [g[i:i + limit] for g in groups.values() for i in range(0, len(g), limit)]
 
@@ -301,8 +319,11 @@ def run_sweep(config: ConfigDict, workdir: str, devices=None,
   log.info("sweep: %d trials, %d finished, %d to run in %d program(s)", len(trials),
            len(records), len(todo), len(groups))
 
-  def finish(trial, metrics, mode, wall_s):
-    record = make_record(trial, metrics, metric, mode=mode, wall_s=wall_s)
+  def finish(trial, outcome, mode, wall_s):
+    if outcome.status == "preempted":  # saved, not finished: the next run continues it
+      return
+    record = make_record(trial, outcome.metrics, metric, mode=mode, wall_s=wall_s,
+                         status=outcome.status, message=outcome.message)
     records[trial.id] = record
     if writer:
       write_json_atomic(os.path.join(trial.workdir, "trial.json"), record)
@@ -314,20 +335,31 @@ def run_sweep(config: ConfigDict, workdir: str, devices=None,
     return sweep_report.write(workdir, done, swept, task=config.data.task) if done else {}
 
   report()
-  for group in groups:
-    t0 = time.perf_counter()
-    if len(group) == 1:
-      metrics = run(group[0].config, group[0].workdir, devices)
-      finish(group[0], metrics, "one_by_one", time.perf_counter() - t0)
-    else:
-      log.info("sweep: %d trials side by side: %s", len(group), ", ".join(t.id for t in group))
-      side_by_side.train_group(
-          [t.config for t in group], [t.workdir for t in group], devices,
-          on_finish=lambda i, m: finish(group[i], m, "side_by_side",
-                                        (time.perf_counter() - t0) / len(group)))
-    report()
+  # Installed for the whole sweep, so a SIGTERM between two trials is seen as well.
+  with Preemption() as preemption:
+    for group in groups:
+      if preemption.requested():
+        break
+      t0 = time.perf_counter()
+      mode = "one_by_one" if len(group) == 1 else "side_by_side"
+      if len(group) > 1:
+        log.info("sweep: %d trials side by side: %s", len(group), ", ".join(t.id for t in group))
+      run_trials([t.config for t in group], [t.workdir for t in group], devices,
+                 on_finish=lambda i, outcome: finish(
+                     group[i], outcome, mode, (time.perf_counter() - t0) / len(group)))
+      report()
+    preempted = preemption.requested()
+  unfinished = [t.id for t in trials if t.id not in records]
+  if preempted:
+    log.warning("sweep: SIGTERM; %d trial(s) not finished (%s) are saved where they stopped; "
+                "the same command continues the sweep", len(unfinished), ", ".join(unfinished))
   best = report()
-  if best:
+  diverged = [r["id"] for r in records.values() if r.get("status") == "diverged"]
+  if diverged:
+    log.warning("sweep: %d trial(s) diverged and were left out of the best: %s",
+                len(diverged), ", ".join(diverged))
+  best = dict(best, preempted=preempted, unfinished=unfinished, diverged=diverged)
+  if best.get("trial"):
     log.info("sweep: best %s = %.4g (trial %s; setting median %.4g over %d seed(s))",
              best["metric"], best["value"], best["trial"], best["setting_median"],
              best["setting_seeds"])

@@ -68,15 +68,24 @@ def _overrides_text(overrides: dict[str, Any]) -> str:
 
 def write(workdir: str, records: list[dict[str, Any]], swept: list[str], *,
           task: str = "") -> dict[str, Any]:
-  """Writes results.csv, results.md, plot.png, best.json and the W/best link; returns best.json."""
-  best_setting, best_trial = select_best(records)
+  """Writes results.csv, results.md, plot.png, best.json and the W/best link; returns best.json.
+
+  Diverged trials are listed (status `diverged`, objective NaN) but never chosen as best;
+  with no other trial there is no best yet ({} is returned, no best.json or W/best).
+  """
+  finished = [r for r in records if status(r) != "diverged"]
+  if not finished:
+    _write_csv(os.path.join(workdir, "results.csv"), records, swept, None)
+    _write_markdown(os.path.join(workdir, "results.md"), records, swept, None, task)
+    return {}
+  best_setting, best_trial = select_best(finished)
   metric, higher = best_trial["metric"], best_trial["higher_is_better"]
   best = {"trial": best_trial["id"], "workdir": os.path.join(workdir, "trials", best_trial["id"]),
           "metric": metric, "value": best_trial["value"], "higher_is_better": higher,
           "overrides": best_trial["overrides"], "setting": best_setting["overrides"],
           "setting_median": best_setting["median"], "setting_min": best_setting["min"],
           "setting_max": best_setting["max"], "setting_seeds": best_setting["seeds"],
-          "trials_finished": len(records)}
+          "trials_finished": len(finished), "trials_diverged": len(records) - len(finished)}
   _write_csv(os.path.join(workdir, "results.csv"), records, swept, best_trial["id"])
   _write_markdown(os.path.join(workdir, "results.md"), records, swept, best, task)
   plot(os.path.join(workdir, "plot.png"), records, swept, best_trial["id"])
@@ -89,8 +98,18 @@ def write(workdir: str, records: list[dict[str, Any]], swept: list[str], *,
   return best
 
 
+def status(record: dict[str, Any]) -> str:
+  """finished, stopped_early or diverged (records written before statuses: finished)."""
+  return record.get("status", "finished")
+
+
+def _objective(records) -> str:
+  """The objective's name (a trial that diverged before its first evaluation has none)."""
+  return next((r["metric"] for r in records if r["metric"]), "")
+
+
 def _metric_names(records) -> list[str]:
-  first = records[0]["metric"]
+  first = _objective(records)
   return [first] + sorted({k for r in records for k in r["metrics"]} - {first})
 
 
@@ -100,29 +119,38 @@ def _write_csv(path, records, swept, best_id) -> None:
   tmp = path + ".tmp"
   with open(tmp, "w", newline="") as f:
     w = csv.writer(f)
-    w.writerow(["trial", *swept, *names, "setting_median", "steps", "stopped_early", "mode",
-                "wall_s", "best"])
+    w.writerow(["trial", *swept, *names, "setting_median", "status", "steps", "stopped_early",
+                "mode", "wall_s", "best"])
     for r in records:
       w.writerow([r["id"], *(r["overrides"].get(k) for k in swept),
                   *(r["metrics"].get(m) for m in names), settings[r["id"]]["median"],
-                  r["steps"], r["stopped_early"], r["mode"], r["wall_s"],
+                  status(r), r["steps"], r["stopped_early"], r["mode"], r["wall_s"],
                   "best" if r["id"] == best_id else ""])
   os.replace(tmp, path)
 
 
 def _write_markdown(path, records, swept, best, task) -> None:
-  metric, higher = best["metric"], best["higher_is_better"]
+  metric, higher = _objective(records), records[0]["higher_is_better"]
   setting_keys = [k for k in swept if k != SEED_KEY]
   names = _metric_names(records)
+  diverged = [r["id"] for r in records if status(r) == "diverged"]
   lines = [f"# Sweep results{': ' + task if task else ''}", "",
            f"Objective: validation `{metric}` ({'higher' if higher else 'lower'} is better); "
-           "a setting's seeds are summarised by their median.", "",
+           "a setting's seeds are summarised by their median.", ""]
+  if diverged:
+    lines += [f"- Diverged (stopped unsaved, never best): {', '.join(f'`{d}`' for d in diverged)}"]
+  if best is None:
+    best = {"setting": None, "trial": None}
+    lines += ["- No trial has finished without diverging: no best yet"]
+  else:
+    lines += [
            f"- Best setting: {_overrides_text(best['setting'])}: median {_fmt(best['setting_median'])}"
            f" (min {_fmt(best['setting_min'])}, max {_fmt(best['setting_max'])}, "
            f"{best['setting_seeds']} seed(s))",
            f"- Best trial: `{best['trial']}`, {metric} {_fmt(best['value'])}; its checkpoint: "
            f"`jaxbert export-hf {os.path.join(os.path.dirname(path), 'best')} --out DIR`",
-           f"- Trials finished: {len(records)}", "", "## Settings", "",
+           f"- Trials finished: {len(records) - len(diverged)}"]
+  lines += ["", "## Settings", "",
            "| | " + " | ".join(setting_keys + ["seeds", f"median {metric}", "min", "max"]) + " |",
            "|---" * (len(setting_keys) + 5) + "|"]
   for s in summarize_settings(records):
@@ -131,13 +159,13 @@ def _write_markdown(path, records, swept, best, task) -> None:
         [_fmt(s["overrides"].get(k)) for k in setting_keys]
         + [str(s["seeds"]), _fmt(s["median"]), _fmt(s["min"]), _fmt(s["max"])]) + " |")
   lines += ["", "## Trials", "",
-            "| | trial | " + " | ".join(swept + names + ["steps", "stopped early", "mode"]) + " |",
-            "|---" * (len(swept) + len(names) + 5) + "|"]
+            "| | trial | " + " | ".join(swept + names + ["status", "steps", "stopped early", "mode"])
+            + " |", "|---" * (len(swept) + len(names) + 6) + "|"]
   for r in records:
     mark = "**best**" if r["id"] == best["trial"] else ""
     lines.append(f"| {mark} | `{r['id']}` | " + " | ".join(
         [_fmt(r["overrides"].get(k)) for k in swept] + [_fmt(r["metrics"].get(m)) for m in names]
-        + [_fmt(r["steps"]), "yes" if r["stopped_early"] else "", r["mode"]]) + " |")
+        + [status(r), _fmt(r["steps"]), "yes" if r["stopped_early"] else "", r["mode"]]) + " |")
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     f.write("\n".join(lines) + "\n")

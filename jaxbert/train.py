@@ -1,62 +1,58 @@
-"""The one trainer that pre-training and fine-tuning share.
+"""The one trainer: every run (pre-training, fine-tuning, a sweep's trials one by one
+or side by side) goes through `train_trials`.
 
     mesh -> data -> model and optimizer -> shardings -> step -> restore -> loop
 
 A task (jaxbert/pretrain.py, jaxbert/finetune.py) supplies the model, a pure loss,
-process-local batches as a pure function of the step, and its evaluation. Every
-random choice is a function of (seed, step), so a run restored from a checkpoint
-at step s continues exactly as if it had never stopped.
+process-local batches from a given step, and its evaluation; the trainer owns step
+counting, epochs, accumulation, early stopping and the tokenizer copy in the
+workdir. Every random choice is a function of (seed, step), so a run restored from a
+checkpoint at step s continues exactly as if it had never stopped.
 
-Reliability, in the order a run meets it:
-- Restore (`restore_latest`, jaxbert/checkpoint.py) takes the newest checkpoint whose
-  files match their integrity record and read back; damaged ones are reported and
-  moved to WORKDIR/checkpoints_damaged/. One that reads but holds another model is a
-  UserError.
-- The optimizer is wrapped in `skip_nonfinite`: a step with a non-finite loss,
-  gradient or update changes nothing but the step counter and two counters in the
-  optimizer state, which the metrics report. `train.max_nonfinite` such steps in a
-  row stop the run (TrainingDiverged, exit status 2); a state with a non-finite
-  value is never saved.
-- SIGTERM saves a checkpoint at the next step boundary and returns normally.
+N >= 1 trials that may share one program (jaxbert/trials.py) train in one loop: one
+trial runs the plain step, several run it vmapped over a stacked trial axis. Each
+trial keeps its own log window, evaluations, early stopping, checkpoints and outcome:
+- finished / stopped_early: trained to the end, or stopped by early stopping; saved.
+- preempted: SIGTERM (schedulers, TPU maintenance) saves every running trial at its
+  next step boundary; the same command continues.
+- diverged: `train.max_nonfinite` non-finite steps in a row (each one skipped by the
+  `skip_nonfinite` optimizer, jaxbert/step.py), or a state with a non-finite value
+  about to be saved. The trial stops unsaved: its checkpoints hold finite values only.
+Restore (`restore_latest`, jaxbert/checkpoint.py) takes the newest checkpoint whose
+files match their integrity record; damaged ones are set aside.
 """
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import json
 import logging
+import math
 import os
-import signal
 import time
-from typing import Any, Callable, Iterator, NamedTuple, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-import orbax.checkpoint as ocp
 
 from jaxbert import flops as flops_lib
 from jaxbert import sharding as shd
+from jaxbert import trials as trials_lib
 from jaxbert.checkpoint import (checkpoint_manager, restore_latest, save_checkpoint,
                                 tokenizer_files, write_json_atomic)
 from jaxbert.config import ConfigDict
+from jaxbert.early_stopping import EarlyStopping
 from jaxbert.errors import UserError
+from jaxbert.optim import make_optimizer
+from jaxbert.preemption import Preemption
 from jaxbert.progress import progress_bar
+from jaxbert.run_files import MetricsLog, check_workdir_config  # noqa: F401 (re-exported)
+from jaxbert.step import (COUNTERS, Shardings, all_finite, build_step, make_predict,  # noqa: F401
+                          new_state, skip_nonfinite)
 
 log = logging.getLogger("jaxbert")
-
-# Keys that may change between a run and its resumption; anything else is a different run.
-RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
-                     "train.keep_checkpoints", "train.progress", "train.max_nonfinite",
-                     "train.peak_flops", "mesh.data", "mesh.fsdp", "data.num_workers",
-                     "data.eval_examples")
-# Non-finite steps in a row that stop a run whose config has no train.max_nonfinite.
-DEFAULT_MAX_NONFINITE = 10
-# Metrics that count (reported as their last value in a logging window, not the mean).
-COUNTERS = ("nonfinite_in_a_row", "nonfinite_skipped")
 
 
 class TrainingDiverged(UserError):
@@ -67,321 +63,252 @@ class Task(Protocol):
   """What the trainer needs from pre-training or fine-tuning."""
 
   model: nn.Module
-  total_steps: int       # micro-batches to train on
-  optimizer_steps: int   # total_steps / optim.accum_steps
+  tokenizer: Any                 # saved into every checkpoint and WORKDIR/tokenizer
+  num_train_examples: int | None  # examples per epoch (train.epochs); None: no epochs
+  main_metric: str | None        # early stopping's metric (None: no early stopping)
+  higher_is_better: bool
 
   def example_batch(self) -> dict[str, np.ndarray]: ...  # a process-local batch, for shapes
   def loss_fn(self, params, batch, rng) -> tuple[jax.Array, dict[str, jax.Array]]: ...
-  def batches(self, start_step: int) -> Iterator[dict[str, np.ndarray]]: ...  # process-local
+  def batches(self, start_step: int, stop_step: int) -> Iterator[dict[str, np.ndarray]]: ...
   def init_params(self, params, param_shardings): ...  # hand-over from a checkpoint
   def evaluate(self, params, predict: Callable) -> dict[str, float]: ...
   def flops_per_batch(self) -> float: ...
 
 
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array
-  params: Any
-  opt_state: Any
+@dataclasses.dataclass
+class Outcome:
+  """How a trial's training ended."""
+
+  status: str                 # finished | stopped_early | preempted | diverged
+  step: int
+  metrics: dict[str, float]   # the last evaluation
+  message: str = ""
 
 
-class NonFiniteGuardState(NamedTuple):
-  in_a_row: jax.Array  # int32: consecutive skipped steps, up to and including the last
-  total: jax.Array     # int32: skipped steps since the run began
-  inner_state: Any
+def schedule_steps(config: ConfigDict, task: Task) -> tuple[int, int]:
+  """(optimizer updates, micro-batches): train.epochs over the task's examples if set,
+  else train.steps; each update takes optim.accum_steps micro-batches."""
+  epochs = config.train.get("epochs", 0)
+  n = task.num_train_examples
+  if epochs and n:
+    updates = int(math.ceil(epochs * n / config.train.batch_size))
+  else:
+    updates = config.train.steps
+  return updates, updates * (config.optim.get("accum_steps", 1) or 1)
 
 
-def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
-  """`inner`, except that a step whose loss, gradient or update is not finite is skipped.
-
-  Skipped means: zero updates and `inner`'s state unchanged (no Adam moment or
-  accumulator sees the NaN). Unlike `optax.apply_if_finite` it never gives up and
-  applies a non-finite update; the trainer stops the run instead. The loss comes in
-  as the `loss` extra argument (`optax.with_extra_args_support(tx).update(..., loss=l)`).
-  """
-
-  def init(params):
-    zero = jnp.zeros((), jnp.int32)
-    return NonFiniteGuardState(zero, zero, inner.init(params))
-
-  def update(grads, state, params=None, *, loss=None, **extra_args):
-    del extra_args
-    updates, inner_state = inner.update(grads, state.inner_state, params)
-    checked = [grads, updates] + ([] if loss is None else [loss])
-    ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(checked)]))
-    updates = jax.tree.map(lambda u: jnp.where(ok, u, jnp.zeros_like(u)), updates)
-    inner_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old),
-                               inner_state, state.inner_state)
-    in_a_row = jnp.where(ok, 0, state.in_a_row + 1).astype(jnp.int32)
-    total = (state.total + jnp.where(ok, 0, 1)).astype(jnp.int32)
-    return updates, NonFiniteGuardState(in_a_row, total, inner_state)
-
-  return optax.GradientTransformationExtraArgs(init, update)
-
-
-def train_step(state: TrainState, batch, rng, *, loss_fn, tx) -> tuple[TrainState, dict]:
-  """One pure optimizer step; `rng` is the run's base key, folded with the step."""
-  rng = jax.random.fold_in(rng, state.step)
-  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
-  # The loss goes to transformations that take it (skip_nonfinite); others ignore it.
-  updates, opt_state = optax.with_extra_args_support(tx).update(
-      grads, state.opt_state, state.params, loss=loss)
-  params = optax.apply_updates(state.params, updates)
-  metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
-  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
-
-
-def guarded_train_step(state: TrainState, batch, rng, *, loss_fn, tx):
-  """`train_step` with a `skip_nonfinite` optimizer; its counters join the metrics."""
-  state, metrics = train_step(state, batch, rng, loss_fn=loss_fn, tx=tx)
-  guard = state.opt_state
-  return state, dict(metrics, nonfinite_in_a_row=guard.in_a_row, nonfinite_skipped=guard.total)
-
-
-@jax.jit
-def all_finite(tree) -> jax.Array:
-  """Whether every floating-point value in `tree` is finite (a scalar bool)."""
-  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+def nonfinite_message(in_a_row: int, limit: int, step: int) -> str | None:
+  if limit > 0 and in_a_row >= limit:
+    return (f"training stopped at step {step}: the last {in_a_row} steps had a non-finite loss "
+            f"or gradient and were skipped (train.max_nonfinite={limit}); the checkpoints hold "
+            "finite values only. Lower optim.lr or lengthen the warm-up (optim.warmup_steps), "
+            "and train again in a new --workdir")
+  return None
 
 
 def check_nonfinite(in_a_row: int, limit: int, step: int) -> None:
   """TrainingDiverged once `limit` steps in a row (ending at `step`) were skipped."""
-  if limit > 0 and in_a_row >= limit:
-    raise TrainingDiverged(
-        f"training stopped at step {step}: the last {in_a_row} steps had a non-finite loss "
-        f"or gradient and were skipped (train.max_nonfinite={limit}); the checkpoints hold "
-        "finite values only. Lower optim.lr or lengthen the warm-up (optim.warmup_steps), "
-        "and train again in a new --workdir")
+  message = nonfinite_message(in_a_row, limit, step)
+  if message:
+    raise TrainingDiverged(message)
 
 
-def make_predict(model: nn.Module, mesh, param_shardings):
-  """A jitted deterministic forward pass: (params, global batch) -> outputs."""
-  fn = lambda params, batch: model.apply({"params": params}, batch, deterministic=True)
-  return jax.jit(fn, in_shardings=(param_shardings, shd.batch_sharding(mesh)))
+class _Trial:
+  """One trial's bookkeeping in the loop."""
+
+  def __init__(self, index: int, config: ConfigDict, workdir: str, task: Task, total: int):
+    self.index, self.config, self.workdir, self.task = index, config, workdir, task
+    self.mngr = checkpoint_manager(workdir, config)
+    self.limit = config.train.max_nonfinite
+    self.stopper = None
+    t = config.train
+    patience = t.get("early_stopping_patience", 0)
+    if patience and task.main_metric:
+      if t.eval_every >= total:
+        raise UserError(f"train.early_stopping_patience={patience} needs evaluations during "
+                        f"training: set train.eval_every below the {total} steps")
+      self.stopper = EarlyStopping(task.main_metric, patience,
+                                   t.get("early_stopping_min_delta", 0.0), task.higher_is_better)
+    self.step = 0
+    self.outcome: Outcome | None = None
+    self.last_eval: dict[str, float] = {}
+    self.pending: list[dict] = []
+    self.tokens = 0
+    self.t_last = time.perf_counter()
+
+  def note_early_stopping(self, stop: bool) -> None:
+    """Say in results.json why the run ended where it did (a resumed run starts counting
+    its patience afresh)."""
+    path = os.path.join(self.workdir, "results.json")
+    if jax.process_index() == 0 and os.path.exists(path):
+      with open(path) as f:
+        results = json.load(f)
+      results["early_stopping"] = dict(self.stopper.to_dict(),
+                                       stopped_at=self.step if stop else None)
+      write_json_atomic(path, results)
 
 
-class MetricsLog:
-  """WORKDIR/metrics.jsonl plus TensorBoard event files, written by process 0."""
-
-  def __init__(self, workdir: str, start_step: int):
-    self.enabled = jax.process_index() == 0
-    self.path = os.path.join(workdir, "metrics.jsonl")
-    self.tb = None
-    if not self.enabled:
-      return
-    if os.path.exists(self.path):  # After a restore, drop what the lost steps logged.
-      with open(self.path) as f:
-        kept = [l for l in f if l.strip() and json.loads(l).get("step", 0) <= start_step]
-      with open(self.path, "w") as f:
-        f.writelines(kept)
-    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-    self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-
-  def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
-    if not self.enabled:
-      return
-    with open(self.path, "a") as f:
-      f.write(json.dumps({"step": step, "split": split, **metrics}) + "\n")
-    for k, v in metrics.items():
-      self.tb.add_scalar(f"{split}/{k}", v, step)
-    self.tb.flush()
-
-  def close(self):
-    if self.tb is not None:
-      self.tb.close()
+def train(config: ConfigDict, workdir: str, task: Task, mesh) -> dict[str, float]:
+  """Trains (or resumes) one run; returns its last evaluation. Divergence raises."""
+  outcome = train_trials([config], [workdir], [task], mesh)[0]
+  if outcome.status == "diverged":
+    raise TrainingDiverged(outcome.message)
+  return outcome.metrics
 
 
-def check_workdir_config(workdir: str, config: ConfigDict, record: bool = True) -> None:
-  """Refuses to resume a workdir whose run had a different config; records the config
-  (unless `record` is False: a run that fails before training must not claim the workdir)."""
-  path = os.path.join(workdir, "config.json")
-  current = json.loads(json.dumps(config.to_dict(), default=str))
-  if os.path.exists(path):
-    with open(path) as f:
-      previous = _flatten(json.load(f))
-    now = _flatten(current)
-    # A key added to jaxbert after the run started is absent from its config.json; at its
-    # default value it changes nothing, so the run still resumes.
-    defaults = _default_keys(config)
-    previous.update({k: defaults[k] for k in now if k not in previous and k in defaults})
-    diffs = [k for k in sorted(set(previous) | set(now))
-             if k not in RESUMABLE_CHANGES and previous.get(k) != now.get(k)]
-    if diffs:
-      shown = ", ".join(f"{k}: {previous.get(k)!r} -> {now.get(k)!r}" for k in diffs[:5])
-      raise UserError(f"{workdir} holds a run with a different config ({shown}); "
-                      "use a new --workdir, or the same config to resume")
-  if record and jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    write_json_atomic(path, current)
+def train_trials(configs: list[ConfigDict], workdirs: list[str], tasks: list[Task], mesh,
+                 on_finish: Callable[[int, Outcome], None] | None = None) -> list[Outcome]:
+  """Trains (or resumes) N >= 1 runs that share a program; returns each one's outcome.
 
-
-def _default_keys(config: ConfigDict) -> dict[str, Any]:
-  """The flattened defaults of a run config of the same kind (jaxbert/defaults.py)."""
-  from jaxbert import defaults  # pylint: disable=g-import-not-at-top
-  make = defaults.pretrain_config if config.get("task") == "pretrain" else defaults.finetune_config
-  return _flatten(json.loads(json.dumps(make().to_dict(), default=str)))
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
-class _Preemption:
-  """SIGTERM (schedulers, TPU maintenance) -> save at a step boundary and exit.
-
-  One process: a signal handler sets a flag. Several: they must all stop at the same
-  step, so JAX's preemption service (which catches SIGTERM itself once
-  jax.distributed is initialised) picks the step, asked through Orbax.
+  The configs must share `trials.group_key` when N > 1. `on_finish(i, outcome)` is
+  called as trial i stops (its last checkpoint written), before the others have.
   """
+  n = len(configs)
+  if n > 1 and len({trials_lib.group_key(c) for c in configs}) != 1:
+    raise ValueError("side-by-side trials must differ only in " + ", ".join(trials_lib.PER_TRIAL_KEYS))
+  for c, w in zip(configs, workdirs):
+    check_workdir_config(w, c, record=False)
+  base, task0 = configs[0], tasks[0]
+  stacked = n > 1
+  model = task0.model
+  optimizer_steps, total = schedule_steps(base, task0)
+  accum = base.optim.get("accum_steps", 1) or 1
 
-  def __init__(self, mngr: ocp.CheckpointManager):
-    self._mngr = mngr
-    self._flag = False
-    self._local = jax.process_count() == 1
-    if self._local:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    self._flag = True
-
-  def reached(self, step: int) -> bool:
-    return self._flag if self._local else self._mngr.reached_preemption(step)
-
-  def restore(self):
-    if self._local:
-      signal.signal(signal.SIGTERM, self._previous)
-
-
-def train(config: ConfigDict, workdir: str, task: Task,
-          make_tx: Callable[[Any], tuple[optax.GradientTransformation, optax.Schedule]],
-          mesh) -> dict[str, float]:
-  """Runs (or resumes) training to `task.total_steps`; returns the last evaluation."""
-  check_workdir_config(workdir, config, record=False)
-  seed = config.train.seed
-  model = task.model
+  # Model and optimizer. Side by side: one optimizer at rate 1, each trial's rates as data.
+  example = jax.tree.map(jnp.asarray, task0.example_batch())
+  init_params = lambda key: model.init({"params": key}, example)["params"]
+  shapes = jax.eval_shape(init_params, jax.random.key(0))
+  optim = trials_lib.shared_optim(base.optim) if stacked else base.optim
+  tx, schedule = make_optimizer(optim, shapes, optimizer_steps)
+  rates = np.stack([trials_lib.rate_table(c.optim, optimizer_steps) for c in configs])
 
   # Shardings, from shapes alone: nothing is allocated before we know where it goes.
-  example = jax.tree.map(jnp.asarray, task.example_batch())
-  init_params = lambda: model.init({"params": jax.random.key(seed)}, example)["params"]
-  tx, schedule = make_tx(jax.eval_shape(init_params))
-  tx = skip_nonfinite(tx)
-  accum = config.optim.get("accum_steps", 1) or 1
+  abstract = jax.eval_shape(lambda key: new_state(init_params(key), tx), jax.random.key(0))
+  one = Shardings.for_state(mesh, abstract)
+  sh = Shardings.for_state(mesh, abstract, trials=n) if stacked else one
+  step_fn = build_step(task0.loss_fn, tx, one if not stacked else sh)
 
-  def init_state():
-    params = init_params()
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-
-  abstract = jax.eval_shape(init_state)
-  state_sh = shd.state_shardings(mesh, abstract)
-  state_sh = state_sh.replace(step=shd.replicated(mesh))
-  batch_sh = shd.batch_sharding(mesh)
-  rng_sh = shd.replicated(mesh)
-
-  step_fn = jax.jit(functools.partial(guarded_train_step, loss_fn=task.loss_fn, tx=tx),
-                    in_shardings=(state_sh, batch_sh, rng_sh),
-                    out_shardings=(state_sh, rng_sh), donate_argnums=(0,))
-
-  # Restore, or initialise (then hand over pre-trained weights, if the task has any).
-  mngr = checkpoint_manager(workdir, config)
+  # Restore each trial, or initialise it (then hand over pre-trained weights, if any).
+  runs = [_Trial(i, c, w, t, total) for i, (c, w, t) in enumerate(zip(configs, workdirs, tasks))]
   abstract_sharded = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                  abstract, state_sh)
-  state = restore_latest(mngr, abstract_sharded)
-  if state is None:
-    state = jax.jit(init_state, out_shardings=state_sh)()
-    params = task.init_params(state.params, state_sh.params)
-    if params is not state.params:  # Fresh optimizer state for the handed-over weights.
-      state = jax.jit(lambda p: TrainState(jnp.zeros((), jnp.int32), p, tx.init(p)),
-                      out_shardings=state_sh)(params)
-    start = 0
+                                  abstract, one.state)
+  init_jit = jax.jit(lambda key: new_state(init_params(key), tx), out_shardings=one.state)
+  fresh = jax.jit(lambda p: new_state(p, tx), out_shardings=one.state)
+  states = []
+  for r in runs:
+    state = restore_latest(r.mngr, abstract_sharded)
+    if state is None:
+      state = init_jit(jax.random.key(r.config.train.seed))
+      params = r.task.init_params(state.params, one.state.params)
+      if params is not state.params:  # Fresh optimizer state for the handed-over weights.
+        state = fresh(params)
+    else:
+      log.info("resumed %s at step %d", r.mngr.directory, int(state.step))
+      if not os.path.exists(os.path.join(r.workdir, "config.json")):
+        # Deleted or copied without it: nothing says which config made these checkpoints.
+        log.warning("%s has checkpoints but no config.json: resumed with this command's config, "
+                    "checked against the checkpoint's shapes only", r.workdir)
+    r.step = int(state.step)
+    states.append(state)
+  if stacked:
+    state = jax.jit(lambda ss: jax.tree.map(lambda *xs: jnp.stack(xs), *ss),
+                    out_shardings=sh.state)(states)
+    take = jax.jit(lambda s, i: jax.tree.map(lambda x: x[i], s), out_shardings=one.state)
   else:
-    start = int(state.step)
-    log.info("resumed from %s at step %d", mngr.directory, start)
-    if not os.path.exists(os.path.join(workdir, "config.json")):
-      # Deleted or copied without it: nothing says which config made these checkpoints.
-      log.warning("%s has checkpoints but no config.json: resumed with this command's config, "
-                  "checked against the checkpoint's shapes only", workdir)
+    state = states[0]
+    take = lambda s, i: s
+  del states
 
-  # The workdir is this run's from now on (a run that failed before here leaves no claim).
-  check_workdir_config(workdir, config)
+  # The workdirs are these runs' from now on (a run that failed before here leaves no claim).
+  tokenizer_json = tokenizer_files(task0.tokenizer)
+  for r in runs:
+    check_workdir_config(r.workdir, r.config)
+    path = os.path.join(r.workdir, "tokenizer")
+    if jax.process_index() == 0 and not os.path.isdir(path):
+      r.task.tokenizer.save(path)
   # Made by a computation laid out on the mesh: device_put cannot place a host value
   # on devices of other processes.
-  rng = jax.jit(lambda: jax.random.key(seed + 1), out_shardings=rng_sh)()
-  # Every checkpoint carries its tokenizer, so a checkpoint folder is usable on its own.
-  tokenizer_json = tokenizer_files(task.tokenizer)
-  predict = make_predict(model, mesh, state_sh.params)
-  metrics_log = MetricsLog(workdir, start)
-  total = task.total_steps  # micro-steps; the optimizer updates every `accum`
-  tcfg = config.train
-  flops = task.flops_per_batch()
+  seeds = [c.train.seed + 1 for c in configs]
+  rngs = jax.jit(lambda: (jnp.stack([jax.random.key(s) for s in seeds]) if stacked
+                          else jax.random.key(seeds[0])), out_shardings=one.replicated)()
+  predict = make_predict(model, mesh, one.state.params)
+  logs = [MetricsLog(r.workdir, r.step) for r in runs]
+  tcfg = base.train
+  flops = task0.flops_per_batch()
   # MFU's denominator: the configured peak, else one measured here (per device, x devices).
-  peak = tcfg.peak_flops or flops_lib.measure_matmul_peak(
-      jnp.dtype(config.model.dtype)) * mesh.size
-
-  last_eval: dict[str, float] = {}
-  pending: list[dict] = []
-  tokens = 0
-  t_last = time.perf_counter()
-  limit = tcfg.get("max_nonfinite", DEFAULT_MAX_NONFINITE)
-  preempt = _Preemption(mngr)
-  bar = progress_bar(total=total, initial=start, desc=config.get("name", "train"), unit="step",
+  peak = tcfg.peak_flops or flops_lib.measure_matmul_peak(jnp.dtype(base.model.dtype)) * mesh.size
+  batches = [r.task.batches(r.step, total) for r in runs]
+  idle = task0.example_batch()  # fed to trials that have stopped; their updates are dropped
+  for r in runs:
+    if r.step >= total:  # trained to the end before a kill
+      _finish(r, Outcome("finished", r.step, {}), on_finish)
+  active = lambda: [r for r in runs if r.outcome is None]
+  start = min(r.step for r in runs)
+  bar = progress_bar(total=total, initial=start, unit="step",
+                     desc=base.get("name", "train") if not stacked else f"{n} trials side by side",
                      enabled=tcfg.progress and jax.process_index() == 0)
-  batches = task.batches(start)
-  should_stop = getattr(task, "should_stop", None)  # optional: early stopping
-  in_a_row = None  # the previous step's count, read a step late so dispatch stays ahead
+  preempt = Preemption(runs[0].mngr)
+  in_a_row = None  # the previous step's counts, read a step late so dispatch stays ahead
   abandon_saves = False
   try:
-    for step in range(start, total):
-      stop = False
-      local = next(batches)
-      tokens += int(local["attention_mask"].sum()) * jax.process_count()
-      state, metrics = step_fn(state, shd.global_batch(local, batch_sh), rng)
+    while active():
+      local = [next(b) if r.outcome is None else idle for b, r in zip(batches, runs)]
+      if stacked:
+        batch = {k: np.stack([l[k] for l in local]) for k in local[0]}  # N x (B,..) -> (N, B,..)
+        rate = np.asarray([rates[r.index, min(r.step, total - 1) // accum] for r in runs])
+        state, metrics = step_fn(state, shd.global_batch(batch, sh.batch), rngs, rate)
+      else:
+        state, metrics = step_fn(state, shd.global_batch(local[0], one.batch), rngs)
       if in_a_row is not None:
-        check_nonfinite(int(in_a_row), limit, step)
+        counts = np.atleast_1d(np.asarray(in_a_row))
+        for r in active():
+          message = nonfinite_message(int(counts[r.index]), r.limit, r.step)
+          if message:
+            _finish(r, Outcome("diverged", r.step, r.last_eval, message), on_finish)
       in_a_row = metrics["nonfinite_in_a_row"]
-      pending.append(metrics)
-      done = step + 1
       bar.update(1)
-      if done % tcfg.log_every == 0 or done == total:
-        host = jax.device_get(pending)
-        dt = time.perf_counter() - t_last
-        summary = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
-        summary.update({k: float(host[-1][k]) for k in COUNTERS})
-        summary["learning_rate"] = float(schedule(max(done // accum - 1, 0)))
-        summary["tokens_per_s"] = tokens / dt
-        summary["steps_per_s"] = len(host) / dt
-        if flops and peak:
-          summary["mfu"] = flops * len(host) / dt / peak
-        metrics_log.write(done, "train", summary)
-        bar.set_postfix(loss=f"{summary['loss']:.3f}", tok_s=f"{summary['tokens_per_s']:.0f}")
-        pending, tokens, t_last = [], 0, time.perf_counter()
-      if done % tcfg.eval_every == 0 or done == total:
-        last_eval = task.evaluate(state.params, predict)
-        metrics_log.write(done, "eval", last_eval)
-        bar.write(f"step {done}: " + "  ".join(f"{k}={v:.4g}" for k, v in last_eval.items()))
-        t_last = time.perf_counter()
-        stop = bool(should_stop and should_stop(done, last_eval))
-      preempted = preempt.reached(done)
-      force = done == total or preempted or stop
-      if force or mngr.should_save(done):
-        check_nonfinite(int(in_a_row), limit, done)
-        if not bool(all_finite(state)):  # a finite update that overflowed: never save it
-          raise TrainingDiverged(f"training stopped at step {done}: the model state holds "
-                                 "non-finite values (an update overflowed); lower optim.lr")
-        save_checkpoint(mngr, done, state, tokenizer_json)
-      if stop:
-        log.info("early stopping at step %d of %d", done, total)
-        break
-      if preempted:
-        log.warning("SIGTERM: saved a checkpoint at step %d; exiting", done)
-        break
+      preempted = False
+      for r in active():
+        r.step += 1
+        done = r.step
+        r.tokens += int((local[r.index]["attention_mask"] > 0).sum()) * jax.process_count()
+        r.pending.append(metrics)
+        t = r.config.train
+        if done % t.log_every == 0 or done == total:
+          _log_window(r, logs[r.index], stacked, float(rates[r.index, max(done // accum - 1, 0)]),
+                      flops, peak, bar if not stacked else None)
+        stop = False
+        if done % t.eval_every == 0 or done == total:
+          r.last_eval = r.task.evaluate(take(state, r.index).params, predict)
+          logs[r.index].write(done, "eval", r.last_eval)
+          bar.write(("" if not stacked else f"{r.config.name} ") + f"step {done}: "
+                    + "  ".join(f"{k}={v:.4g}" for k, v in r.last_eval.items()))
+          r.t_last = time.perf_counter()
+          if r.stopper is not None:
+            stop = r.stopper.update(done, r.last_eval) and done < total
+            r.note_early_stopping(stop)
+        preempted = preempt.reached(done)
+        if stop or done == total or preempted or r.mngr.should_save(done):
+          count = int(np.atleast_1d(np.asarray(metrics["nonfinite_in_a_row"]))[r.index])
+          trial_state = take(state, r.index)
+          message = nonfinite_message(count, r.limit, done)
+          if message is None and not bool(all_finite(trial_state)):
+            message = (f"training stopped at step {done}: the model state holds non-finite "
+                       "values (an update overflowed); lower optim.lr")
+          if message:  # never saved: the checkpoints hold finite values only
+            _finish(r, Outcome("diverged", done, r.last_eval, message), on_finish)
+            continue
+          save_checkpoint(r.mngr, done, trial_state, tokenizer_json)
+        if stop:
+          log.info("%s: early stopping at step %d of %d", r.config.get("name", "run"), done, total)
+          _finish(r, Outcome("stopped_early", done, r.last_eval), on_finish)
+        elif done == total:
+          _finish(r, Outcome("finished", done, r.last_eval), on_finish)
+        elif preempted:
+          log.warning("SIGTERM: %s saved a checkpoint at step %d; the same command continues it",
+                      r.workdir, done)
+          _finish(r, Outcome("preempted", done, r.last_eval), on_finish)
   except Exception as e:
     # Several processes, and not an error they all meet at the same step: another
     # process may be gone, and finishing the save in flight would wait for it.
@@ -389,9 +316,39 @@ def train(config: ConfigDict, workdir: str, task: Task,
     raise
   finally:
     if not abandon_saves:
-      mngr.wait_until_finished()
-      mngr.close()
+      for r in runs:
+        r.mngr.wait_until_finished()
+        r.mngr.close()
     bar.close()
-    metrics_log.close()
+    for metrics_log in logs:
+      metrics_log.close()
     preempt.restore()
-  return last_eval
+  return [r.outcome for r in runs]
+
+
+def _log_window(r: _Trial, metrics_log: MetricsLog, stacked: bool, learning_rate: float,
+                flops: float, peak: float, bar) -> None:
+  """Writes the mean of the metrics since the last window (counters: their last value)."""
+  host = jax.device_get(r.pending)
+  pick = (lambda m, k: m[k][r.index]) if stacked else (lambda m, k: m[k])
+  dt = time.perf_counter() - r.t_last
+  summary = {k: float(np.mean([pick(m, k) for m in host])) for k in host[0]}
+  summary.update({k: float(pick(host[-1], k)) for k in COUNTERS})
+  summary["learning_rate"] = learning_rate
+  summary["tokens_per_s"] = r.tokens / dt
+  summary["steps_per_s"] = len(host) / dt
+  if flops and peak:  # side by side: each trial's share of the program's MFU
+    summary["mfu"] = flops * len(host) / dt / peak
+  metrics_log.write(r.step, "train", summary)
+  if bar is not None:
+    bar.set_postfix(loss=f"{summary['loss']:.3f}", tok_s=f"{summary['tokens_per_s']:.0f}")
+  r.pending, r.tokens, r.t_last = [], 0, time.perf_counter()
+
+
+def _finish(r: _Trial, outcome: Outcome, on_finish) -> None:
+  r.outcome = outcome
+  if outcome.status == "diverged":
+    log.error("%s: %s", r.workdir, outcome.message)
+  r.mngr.wait_until_finished()
+  if on_finish is not None:
+    on_finish(r.index, outcome)

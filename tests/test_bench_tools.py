@@ -1,16 +1,12 @@
 """tools/bench.py and tools/profile_step.py run end to end on a tiny model."""
 
 import json
-import os
-import sys
 
 import jax
 import jax.numpy as jnp
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools"))
-import bench  # noqa: E402
-import profile_step  # noqa: E402
+from tools import bench, profile_step
 
 # Batch 8: the benchmark's mesh spans the session's 8 fake devices.
 TINY = ["--preset", "tiny", "--batch", "8", "--seq-len", "32", "--vocab-size", "512"]

@@ -67,7 +67,8 @@ def test_packed_rows_hold_every_example_with_its_masks():
       n, m = int(ex["attention_mask"].sum()), int(ex["masked_weights"].sum())
       np.testing.assert_array_equal(row["input_ids"][at:at + n], ex["input_ids"][:n])
       np.testing.assert_array_equal(row["token_type_ids"][at:at + n], ex["token_type_ids"][:n])
-      assert (row["attention_mask"][at:at + n] == k + 1).all()
+      assert (row["segment_ids"][at:at + n] == k + 1).all()
+      assert (row["attention_mask"][at:at + n] == 1).all()
       np.testing.assert_array_equal(row["position_ids"][at:at + n], np.arange(n))
       np.testing.assert_array_equal(row["masked_positions"][pred:pred + m],
                                     ex["masked_positions"][:m] + at)
@@ -76,6 +77,7 @@ def test_packed_rows_hold_every_example_with_its_masks():
       at, pred = at + n, pred + m
       seen += 1
     assert (row["attention_mask"][at:] == 0).all() and (row["input_ids"][at:] == 0).all()
+    assert (row["segment_ids"][at:] == 0).all()
     assert row["masked_weights"].sum() == pred and row["nsp_weights"].sum() == len(members)
     assert row["next_sentence_label"] == row["nsp_labels"][0]
   assert seen == examples.num_examples(0)

@@ -141,10 +141,10 @@ def test_continued_pretraining_draws_new_training_examples(reference_run, corpus
   from jaxbert import sharding
   ref_dir, _ = reference_run
   mesh = sharding.make_mesh(devices=jax.devices()[:1])
-  fresh = pretrain.PretrainTask(tiny_config(corpus_file), str(tmp_path / "fresh"), mesh)
+  fresh = pretrain.build_task(tiny_config(corpus_file), str(tmp_path / "fresh"), mesh)
   config = tiny_config(corpus_file)
   config.init = ref_dir
-  continued = [pretrain.PretrainTask(config, str(tmp_path / "cont"), mesh) for _ in range(2)]
+  continued = [pretrain.build_task(config, str(tmp_path / "cont"), mesh) for _ in range(2)]
   examples = lambda task, which: [getattr(task, which).example(0, i) for i in range(8)]
   same = lambda a, b: all(np.array_equal(x[k], y[k]) for x, y in zip(a, b) for k in x)
   assert not same(examples(fresh, "train_examples"), examples(continued[0], "train_examples"))

@@ -1,9 +1,15 @@
 """Hyperparameter sweeps: the search space, the report, early stopping, resuming a
-killed sweep, and trials trained side by side equal to the same trials one by one."""
+killed sweep, and trials trained side by side equal to the same trials one by one.
+Sweeps keep the trainer's promises, one by one and side by side: SIGTERM saves every
+running trial and the same command finishes them; a diverging trial is stopped unsaved,
+recorded as diverged, never chosen as best, not retried, and the other trials end
+bitwise as they do in the same sweep without it."""
 
+import csv
 import json
 import logging
 import os
+import signal
 
 import jax
 import numpy as np
@@ -12,11 +18,12 @@ import pytest
 from conftest import final_params
 from jaxbert import sweep as sweep_lib
 from jaxbert import sweep_report
+from jaxbert import train as train_lib
 from jaxbert.config import apply_overrides
 from jaxbert.defaults import finetune_config
 from jaxbert.early_stopping import EarlyStopping
 from jaxbert.errors import UserError
-from jaxbert.run import run
+from jaxbert.run import run, run_trials
 from test_finetune_e2e import tiny_finetune_config, write_task
 
 DEVICES = jax.devices()[:1]
@@ -170,12 +177,12 @@ def one_by_one(reference_run, task_dir, tmp_path_factory):
   config = tiny_sweep_config(reference_run[0], task_dir, side_by_side=False)
   runs = []
 
-  def counting_run(config, workdir, devices=None):
-    runs.append(os.path.basename(workdir))
-    return run(config, workdir, devices)
+  def counting_run(configs, workdirs, devices=None, on_finish=None):
+    runs.extend(os.path.basename(w) for w in workdirs)
+    return run_trials(configs, workdirs, devices, on_finish)
 
   with pytest.MonkeyPatch.context() as mp:
-    mp.setattr(sweep_lib, "run", counting_run)
+    mp.setattr(sweep_lib, "run_trials", counting_run)
     with pytest.raises(_Killed):
       sweep_lib.run_sweep(config, workdir, DEVICES, on_record=_kill_after(2))
     before = list(runs)
@@ -196,7 +203,7 @@ def test_restarted_sweep_does_not_run_finished_trials_again(one_by_one):
   assert os.path.getsize(os.path.join(workdir, "plot.png")) > 0
   # Started a third time, the sweep has nothing left to run.
   with pytest.MonkeyPatch.context() as mp:
-    mp.setattr(sweep_lib, "run", lambda *a: pytest.fail("a finished trial ran again"))
+    mp.setattr(sweep_lib, "run_trials", lambda *a, **k: pytest.fail("a finished trial ran again"))
     assert sweep_lib.run_sweep(config, workdir, DEVICES) == best
 
 
@@ -229,3 +236,123 @@ def test_side_by_side_killed_and_resumed_equals_one_by_one(one_by_one, reference
                                                                          "predictions.jsonl"))]
              for d in (seq_dir, workdir)]
     np.testing.assert_allclose(preds[1], preds[0], atol=1e-4)
+
+
+# --- SIGTERM and divergence ----------------------------------------------------------
+
+
+DIVERGING_LR = 1e3
+
+
+def sweep_config(init, task, lrs, side_by_side):
+  c = tiny_finetune_config(init, task)
+  c.sweep.space.optim.lr = lrs
+  c.sweep.space.train.seed = [0, 1]
+  c.sweep.side_by_side = side_by_side
+  c.train.max_nonfinite = 3
+  return c
+
+
+def sigterm_at_first_save(mp, step):
+  """SIGTERM to this process right after the first checkpoint at `step` is written."""
+  sent = []
+  save = train_lib.save_checkpoint
+
+  def saving(mngr, at, state, tokenizer_json):
+    save(mngr, at, state, tokenizer_json)
+    if at == step and not sent:
+      sent.append(at)
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  mp.setattr(train_lib, "save_checkpoint", saving)
+  return sent
+
+
+def trial_records(workdir):
+  out = {}
+  for t in sorted(os.listdir(os.path.join(workdir, "trials"))):
+    path = os.path.join(workdir, "trials", t, "trial.json")
+    if os.path.exists(path):
+      out[t] = json.load(open(path))
+  return out
+
+
+def assert_bitwise(workdir, ref_dir, trial):
+  step_a, a = final_params(os.path.join(ref_dir, "trials", trial))
+  step_b, b = final_params(os.path.join(workdir, "trials", trial))
+  assert step_a == step_b
+  assert set(a) == set(b)
+  for k in a:
+    np.testing.assert_array_equal(b[k], a[k], err_msg=f"{trial} {'/'.join(k)}")
+
+
+def check_diverged(workdir, records, best):
+  diverged = {t for t, r in records.items() if r["overrides"]["optim.lr"] == DIVERGING_LR}
+  assert len(diverged) == 2
+  for t in diverged:
+    assert records[t]["status"] == "diverged" and "non-finite" in records[t]["message"]
+    ckpt = os.path.join(workdir, "trials", t, "checkpoints")
+    if os.path.isdir(ckpt) and any(s.isdigit() for s in os.listdir(ckpt)):
+      _, params = final_params(os.path.join(workdir, "trials", t))
+      assert all(np.isfinite(v).all() for v in params.values()), t  # never saved non-finite
+  assert best["trial"] not in diverged and sorted(best["diverged"]) == sorted(diverged)
+  rows = list(csv.DictReader(open(os.path.join(workdir, "results.csv"))))
+  assert {r["trial"] for r in rows if r["status"] == "diverged"} == diverged
+  assert "Diverged (stopped unsaved, never best)" in open(os.path.join(workdir, "results.md")).read()
+  return diverged
+
+
+def test_one_by_one_sigterm_and_a_diverging_trial(one_by_one, reference_run, task_dir, tmp_path):
+  ref_dir = one_by_one[0]
+  workdir = str(tmp_path / "sweep")
+  config = sweep_config(reference_run[0], task_dir, [1e-3, DIVERGING_LR], side_by_side=False)
+  with pytest.MonkeyPatch.context() as mp:
+    sent = sigterm_at_first_save(mp, 4)
+    stopped = sweep_lib.run_sweep(config, workdir, DEVICES)
+  assert sent == [4] and stopped["preempted"] and len(stopped["unfinished"]) == 4
+  assert trial_records(workdir) == {}  # the preempted trial is not recorded as finished
+  first = sorted(os.listdir(os.path.join(workdir, "trials")))
+  assert [t for t in first if os.path.isdir(os.path.join(workdir, "trials", t, "checkpoints"))]
+
+  best = sweep_lib.run_sweep(config, workdir, DEVICES)
+  assert not best["preempted"] and not best["unfinished"]
+  records = trial_records(workdir)
+  assert len(records) == 4
+  diverged = check_diverged(workdir, records, best)
+  for t in set(records) - diverged:
+    assert records[t]["status"] == "finished"
+    assert_bitwise(workdir, ref_dir, t)
+  with pytest.MonkeyPatch.context() as mp:  # a restart retries nothing, diverged included
+    mp.setattr(sweep_lib, "run_trials", lambda *a, **k: pytest.fail("a trial ran again"))
+    assert sweep_lib.run_sweep(config, workdir, DEVICES) == best
+
+
+@pytest.fixture(scope="module")
+def side_by_side_ref(reference_run, task_dir, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("sweep_side_by_side"))
+  config = sweep_config(reference_run[0], task_dir, [1e-3, 3e-3], side_by_side=True)
+  return workdir, sweep_lib.run_sweep(config, workdir, DEVICES)
+
+
+def test_side_by_side_sigterm_and_a_diverging_trial(side_by_side_ref, reference_run, task_dir,
+                                                    tmp_path):
+  ref_dir, ref_best = side_by_side_ref
+  workdir = str(tmp_path / "sweep")
+  config = sweep_config(reference_run[0], task_dir, [1e-3, 3e-3, DIVERGING_LR], side_by_side=True)
+  with pytest.MonkeyPatch.context() as mp:
+    sent = sigterm_at_first_save(mp, 8)
+    stopped = sweep_lib.run_sweep(config, workdir, DEVICES)
+  # Every trial saved at step 8 or 9 of 12 (the diverging ones too: their steps are still
+  # finite there) and none is recorded as finished.
+  assert sent == [8] and stopped["preempted"] and len(stopped["unfinished"]) == 6
+  assert trial_records(workdir) == {}
+
+  best = sweep_lib.run_sweep(config, workdir, DEVICES)
+  records = trial_records(workdir)
+  assert len(records) == 6 and not best["unfinished"]
+  diverged = check_diverged(workdir, records, best)
+  assert best["trial"] == ref_best["trial"]
+  for t in set(records) - diverged:
+    assert records[t]["status"] == "finished" and records[t]["mode"] == "side_by_side"
+    assert records[t]["metrics"] == trial_records(ref_dir)[t]["metrics"]
+    assert_bitwise(workdir, ref_dir, t)

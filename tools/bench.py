@@ -7,10 +7,11 @@
         --tokenizer runs/mini/tokenizer --packing
 
 What runs. Each runner is one pre-training train step, built once and then timed:
-  jaxbert     `jaxbert.train.train_step` with `mlm_nsp_loss`, the optimizer of
+  jaxbert     the trainer's step (`jaxbert.step.build_step`: the train step with
+              its non-finite guard) with `mlm_nsp_loss`, the optimizer of
               `jaxbert.optim.make_optimizer` (AdamW, clipping, weight-decay mask,
-              warm-up schedule), jitted with the trainer's shardings and donation of
-              the state: the code path of `jaxbert pretrain`. One runner per
+              warm-up schedule), the trainer's shardings and donation of the
+              state: the code path of `jaxbert pretrain`. One runner per
               --variants entry (see VARIANT_KEYS).
   hf-eager    transformers.BertForPreTraining, same sizes, dropout, batch and
   hf-compile  masked positions (labels -100 elsewhere), torch.optim.AdamW with the
@@ -44,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -67,7 +67,7 @@ from jaxbert.data.pretraining import PretrainDataConfig, PretrainingExamples, ba
 from jaxbert.model import BertForPreTraining, preset
 from jaxbert.optim import make_optimizer
 from jaxbert.pretrain import mlm_nsp_loss
-from jaxbert.train import TrainState, train_step
+from jaxbert.step import Shardings, build_step, new_state
 
 # --variants entries are "default" or KEY=VALUE pairs joined by "+", e.g. "prng=rbg+remat=1".
 VARIANT_KEYS = {
@@ -200,21 +200,12 @@ def jax_runner(args, spec: str, batches, predictions: int) -> Runner:
   init_params = lambda: model.init({"params": jax.random.key(0)}, example)["params"]
   optim = {"lr": 1e-4, "warmup_steps": 10}
   tx, _ = make_optimizer(optim, jax.eval_shape(init_params), 10_000)
-
-  def init_state():
-    params = init_params()
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-
-  state_sh = shd.state_shardings(mesh, jax.eval_shape(init_state))
-  state_sh = state_sh.replace(step=shd.replicated(mesh))
-  batch_sh = shd.batch_sharding(mesh)
-  rng_sh = shd.replicated(mesh)
-  donate = (0,) if variant.get("donate", "1") == "1" else ()
-  step_fn = jax.jit(functools.partial(train_step, loss_fn=loss_fn, tx=tx),
-                    in_shardings=(state_sh, batch_sh, rng_sh),
-                    out_shardings=(state_sh, rng_sh), donate_argnums=donate)
-  holder = {"state": jax.jit(init_state, out_shardings=state_sh)()}
-  rng = jax.device_put(jax.random.key(1, impl=variant.get("prng", "threefry2x32")), rng_sh)
+  init_state = lambda: new_state(init_params(), tx)
+  sh = Shardings.for_state(mesh, jax.eval_shape(init_state))
+  step_fn = build_step(loss_fn, tx, sh, donate=variant.get("donate", "1") == "1")
+  holder = {"state": jax.jit(init_state, out_shardings=sh.state)()}
+  rng = jax.device_put(jax.random.key(1, impl=variant.get("prng", "threefry2x32")), sh.replicated)
+  batch_sh = sh.batch
 
   t = time.perf_counter()
   compiled = step_fn.lower(holder["state"], shd.global_batch(batches[0], batch_sh), rng).compile()

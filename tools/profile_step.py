@@ -1,7 +1,7 @@
 """Where a pre-training step's time goes: a jax.profiler trace of the benchmark's step.
 
-    .venv/bin/python tools/profile_step.py --preset small --batch 32
-    .venv/bin/python tools/profile_step.py --preset mini --batch 64 --variants dropout=0 --top 12
+    .venv/bin/python -m tools.profile_step --preset small --batch 32
+    .venv/bin/python -m tools.profile_step --preset mini --batch 64 --variants dropout=0 --top 12
 
 Builds jaxbert's train step exactly as tools/bench.py does (same data, optimizer,
 shardings and donation), runs two warm-up steps, traces --steps more, and sums the
@@ -18,17 +18,14 @@ from __future__ import annotations
 import argparse
 import collections
 import glob
-import os
 import re
-import sys
 import tempfile
 import time
 
 import jax
 from jax.profiler import ProfileData
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench  # pylint: disable=wrong-import-position
+from tools import bench
 
 _INSTRUCTION = re.compile(r"%([\w.\-]+) = (\w+\[[\d,]*\])\S* ([\w\-]+)\((.*)")
 _OPCODE = re.compile(r"= \w+\[[\d,]*\]\S* ([a-z\-]+)\(")

@@ -2,11 +2,11 @@
 
 A row of length T holds up to `max_segments` whole examples back to back, each
 still `[CLS] A [SEP] B [SEP]` with its own token types, its own masked positions
-(shifted to where it sits in the row) and its own next-sentence label. The
-attention mask holds the example's number in the row (1, 2, ...; 0 = padding),
-which `jaxbert.model.attention_mask_from_segments` turns into a block-diagonal
-mask, and `position_ids` restart at 0 for every example, so each example is
-computed exactly as it would be alone in a row.
+(shifted to where it sits in the row) and its own next-sentence label.
+`segment_ids` hold the example's number in the row (1, 2, ...; 0 = padding), which
+`jaxbert.model.attention_mask_from_segments` turns into a block-diagonal mask;
+`attention_mask` stays 0/1 (real pieces), and `position_ids` restart at 0 for every
+example, so each example is computed exactly as it would be alone in a row.
 
 Rows are planned per epoch from the examples' lengths alone (first-fit
 decreasing, then shuffled), so a packed row, like an example, is a pure function
@@ -91,6 +91,7 @@ def pack_row(examples: list[dict[str, np.ndarray]], max_len: int, max_prediction
       "input_ids": np.full(max_len, pad_id, np.int32),
       "token_type_ids": np.zeros(max_len, np.int32),
       "attention_mask": np.zeros(max_len, np.int32),
+      "segment_ids": np.zeros(max_len, np.int32),
       "position_ids": np.zeros(max_len, np.int32),
       "masked_positions": np.zeros(max_predictions, np.int32),
       "masked_ids": np.zeros(max_predictions, np.int32),
@@ -109,7 +110,8 @@ def pack_row(examples: list[dict[str, np.ndarray]], max_len: int, max_prediction
                        f"{max_len} / {max_predictions}")
     row["input_ids"][at:at + n] = ex["input_ids"][:n]
     row["token_type_ids"][at:at + n] = ex["token_type_ids"][:n]
-    row["attention_mask"][at:at + n] = k + 1
+    row["attention_mask"][at:at + n] = 1
+    row["segment_ids"][at:at + n] = k + 1
     row["position_ids"][at:at + n] = np.arange(n)
     row["masked_positions"][pred:pred + m] = ex["masked_positions"][:m] + at
     row["masked_ids"][pred:pred + m] = ex["masked_ids"][:m]
