@@ -6,6 +6,7 @@
   jaxbert import-hf SRC --out BUNDLE
   jaxbert export-hf CKPT --out DIR
   jaxbert embed     --checkpoint BUNDLE --input FILE.txt --output FILE.npy [--pooling mean]
+  jaxbert predict   --checkpoint RUN --input FILE --output preds.jsonl
   jaxbert demo      [--workdir W]     pre-train then fine-tune on an embedded corpus
 
 A user mistake prints one line and exits with status 2; no traceback. In a
@@ -74,6 +75,14 @@ def _embed(args, overrides) -> int:
   return 0
 
 
+def _predict(args, overrides) -> int:
+  del overrides
+  from jaxbert.predict import predict_file  # pylint: disable=g-import-not-at-top
+  print(predict_file(args.checkpoint, args.input, args.output, input_fmt=args.format,
+                     batch_size=args.batch_size, pretokenized=args.pretokenized))
+  return 0
+
+
 def _demo(args, overrides) -> int:
   from jaxbert.demo import main as demo_main  # pylint: disable=g-import-not-at-top
   return demo_main(args.workdir, overrides)
@@ -115,6 +124,25 @@ def build_parser() -> argparse.ArgumentParser:
   s.add_argument("--batch-size", type=int, default=64)
   s.add_argument("--max-seq-len", type=int, default=128)
   s.set_defaults(fn=_embed)
+  s = sub.add_parser(
+      "predict", help="label new text with a fine-tuned run (any task kind)",
+      description="One JSON line per input example: label and probabilities, a score, NER "
+                  "entities with character offsets, or a QA answer with offsets and score. "
+                  "Inputs: TSV/CSV with the task's text columns or one text per line "
+                  "(classification, regression; a pair as A<TAB>B); text lines or CoNLL (NER); "
+                  "SQuAD JSON or JSON lines with question and context (QA).")
+  s.add_argument("--checkpoint", required=True,
+                 help="a fine-tuning workdir (its newest checkpoint) or its checkpoints/<step>")
+  s.add_argument("--input", required=True)
+  s.add_argument("--output", required=True, help="the JSON lines file to write")
+  s.add_argument("--format", default=None, choices=("tsv", "csv", "text", "conll", "squad", "jsonl"),
+                 help="input format (default: from the extension; anything else is text)")
+  s.add_argument("--batch-size", type=int, default=None,
+                 help="examples per batch (default: the run's train.batch_size)")
+  s.add_argument("--pretokenized", action="store_true",
+                 help="NER text lines are words separated by whitespace (default: split words "
+                      "at spaces and punctuation)")
+  s.set_defaults(fn=_predict)
   s = sub.add_parser("demo", help="pre-train then fine-tune on an embedded corpus (no network)")
   s.add_argument("--workdir", default="runs/demo")
   s.set_defaults(fn=_demo)
