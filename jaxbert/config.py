@@ -60,14 +60,59 @@ def _parse_value(text: str) -> Any:
     return text
 
 
-def _closest(key: str, config: ConfigDict) -> str:
-  keys = flat_keys(config)
+# Names users bring from other trainers (Hugging Face, BERT's flags), by a key's last
+# part: tried before spelling distance, which would take `optim.learning_rate` for
+# `optim.name`. Several targets: the first the config has.
+ALIASES = {
+    "learning_rate": ("lr",), "base_lr": ("lr",), "peak_lr": ("lr",),
+    "lr_schedule": ("decay",), "schedule": ("decay",), "scheduler": ("decay",),
+    "lr_scheduler_type": ("decay",), "warmup": ("warmup_steps",),
+    "num_warmup_steps": ("warmup_steps",), "warmup_ratio": ("warmup_fraction",),
+    "warmup_proportion": ("warmup_fraction",), "optimizer": ("name",),
+    "epochs": ("epochs", "steps"), "num_epochs": ("epochs", "steps"),
+    "num_train_epochs": ("epochs", "steps"), "max_steps": ("steps",),
+    "num_train_steps": ("steps",), "train_steps": ("steps",), "num_steps": ("steps",),
+    "batch": ("batch_size",), "train_batch_size": ("batch_size",),
+    "per_device_train_batch_size": ("batch_size",), "wd": ("weight_decay",),
+    "weight_decay_rate": ("weight_decay",), "max_grad_norm": ("clip_norm",),
+    "grad_clip": ("clip_norm",), "clip": ("clip_norm",), "gradient_clip": ("clip_norm",),
+    "gradient_accumulation_steps": ("accum_steps",), "grad_accum": ("accum_steps",),
+    "accumulation_steps": ("accum_steps",), "beta1": ("b1",), "beta2": ("b2",),
+    "adam_beta1": ("b1",), "adam_beta2": ("b2",), "adam_epsilon": ("eps",),
+    "epsilon": ("eps",), "layer_decay": ("layer_lr_decay",), "llrd": ("layer_lr_decay",),
+    "layerwise_lr_decay": ("layer_lr_decay",), "freeze_layers": ("freeze",),
+    "frozen": ("freeze",), "dropout": ("hidden_dropout",),
+    "hidden_dropout_prob": ("hidden_dropout",), "attention_probs_dropout_prob": ("attention_dropout",),
+    "num_hidden_layers": ("num_layers",), "layers": ("num_layers",),
+    "num_attention_heads": ("num_heads",), "heads": ("num_heads",),
+    "max_seq_length": ("max_seq_len",), "max_length": ("max_seq_len",), "seq_len": ("max_seq_len",),
+    "save_steps": ("checkpoint_every",), "save_every": ("checkpoint_every",),
+    "eval_steps": ("eval_every",), "logging_steps": ("log_every",),
+    "patience": ("early_stopping_patience",), "workers": ("num_workers",),
+}
+
+
+def suggest(key: str, keys: list[str]) -> str:
+  """The valid key (dotted or not) a user most likely meant by `key`, or ""."""
+  group, _, last = key.rpartition(".")
+  by_last: dict[str, list[str]] = {}
+  for k in keys:
+    by_last.setdefault(k.rpartition(".")[2], []).append(k)
+  for target in ALIASES.get(last.lower(), ()) + (last,):
+    found = by_last.get(target, [])
+    same_group = [k for k in found if k.rpartition(".")[0] == group]
+    if same_group or found:
+      return (same_group or found)[0]
   close = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
-  if not close:  # A misspelt last component ("lr" for "learning_rate") still helps.
-    by_last = {k.rsplit(".", 1)[-1]: k for k in keys}
-    match = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(by_last), n=1, cutoff=0.6)
-    close = [by_last[match[0]]] if match else []
-  return f"; did you mean --config.{close[0]}?" if close else ""
+  if not close:  # A misspelt last component still helps.
+    match = difflib.get_close_matches(last, list(by_last), n=1, cutoff=0.6)
+    close = [by_last[match[0]][0]] if match else []
+  return close[0] if close else ""
+
+
+def _closest(key: str, config: ConfigDict) -> str:
+  close = suggest(key, flat_keys(config))
+  return f"; did you mean --config.{close}?" if close else ""
 
 
 def set_key(config: ConfigDict, key: str, value: Any) -> None:
@@ -128,8 +173,12 @@ def apply_overrides(config: ConfigDict, overrides: Iterable[str]) -> ConfigDict:
 
 
 def load(path: str, overrides: Iterable[str] = ()) -> ConfigDict:
+  """The config file with the overrides applied, validated as a whole (jaxbert/validate.py)
+  before any data is read."""
+  from jaxbert.validate import validate  # pylint: disable=g-import-not-at-top
   config = load_config_file(path)
   apply_overrides(config, overrides)
+  validate(config)
   return config
 
 

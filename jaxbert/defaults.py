@@ -11,7 +11,6 @@ import dataclasses
 from jaxbert.config import ConfigDict
 from jaxbert.errors import UserError
 from jaxbert.model import BertConfig, preset
-from jaxbert.optim import default_optim_config
 
 
 def model_config(preset_name: str = "mini") -> ConfigDict:
@@ -31,6 +30,29 @@ def bert_config(model: ConfigDict, vocab_size: int) -> BertConfig:
     return BertConfig(vocab_size=vocab_size, **fields)
   except ValueError as e:
     raise UserError(f"config.model: {e}") from None
+
+
+def optim_config() -> ConfigDict:
+  """The `optim` group with its defaults (BERT's AdamW settings); jaxbert/optim.py says
+  what each key does."""
+  return ConfigDict({
+      "name": "adamw",          # or "lamb"
+      "lr": 1e-4,               # peak learning rate, reached at the end of warm-up
+      "b1": 0.9,
+      "b2": 0.999,
+      "eps": 1e-6,
+      "weight_decay": 0.01,     # decoupled; never on LayerNorm parameters or biases
+      "clip_norm": 1.0,         # global gradient norm; 0 disables
+      "warmup_steps": 0,        # > 0 overrides warmup_fraction
+      "warmup_fraction": 0.1,
+      "decay": "linear",        # or "cosine", "constant"
+      "end_lr_fraction": 0.0,
+      "accum_steps": 1,         # micro-batches per optimizer update
+      # Parameters that do not train: a selector (jaxbert/params.py), e.g. "encoder",
+      # "bottom:6", "layers:0,1" or "bert/encoder/layer_(0|1)/attention/.*".
+      "freeze": "none",
+      "layer_lr_decay": 1.0,    # < 1: lr * decay ** (L + 1 - depth) per layer
+  })
 
 
 def train_config(**overrides) -> ConfigDict:
@@ -93,7 +115,7 @@ def pretrain_config(preset_name: str = "mini") -> ConfigDict:
       "lowercase": True,
       "train_sentences": 500_000,
   })
-  c.optim = default_optim_config()
+  c.optim = optim_config()
   c.optim.lr = 1e-3
   c.optim.warmup_fraction = 0.05
   c.train = train_config(batch_size=64, steps=10_000, eval_every=1000, checkpoint_every=500)
@@ -108,8 +130,9 @@ def finetune_config(task: str = "glue/sst2") -> ConfigDict:
   # A pre-training workdir, one of its checkpoints/<step> folders, or a `jaxbert import-hf`
   # bundle. The encoder comes from there (architecture, weights, tokenizer); heads are new.
   c.init = ""
-  # Parts of that encoder to initialise afresh instead of loading, comma-separated:
-  # "pooler" (tuned to next-sentence prediction) and/or "top:K" (the last K layers).
+  # Parts of that encoder to initialise afresh instead of loading: a selector
+  # (jaxbert/params.py) such as "pooler" (tuned to next-sentence prediction), "top:K"
+  # (the last K layers) or both, "pooler,top:2".
   c.reinit = ""
   # Architecture for random initialisation only (with tokenizer.path); dropout, dtype and
   # remat apply in both cases.
@@ -132,7 +155,7 @@ def finetune_config(task: str = "glue/sst2") -> ConfigDict:
       "train_options": ConfigDict(type_safe=False),
       "eval_options": ConfigDict(type_safe=False),
   })
-  c.optim = default_optim_config()
+  c.optim = optim_config()
   c.optim.lr = 5e-5
   c.optim.warmup_fraction = 0.1
   c.train = train_config(batch_size=32, steps=0, log_every=20, eval_every=10**9,

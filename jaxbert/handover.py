@@ -23,6 +23,7 @@ from flax import traverse_util
 from jaxbert.checkpoint import (MODEL_JSON, integrity_problem, load_bundle, read_model_json,
                                 write_json_atomic, write_tokenizer_files)
 from jaxbert.config import ConfigDict
+from jaxbert import params as params_lib
 from jaxbert.errors import UserError
 from jaxbert.model import BertConfig
 
@@ -124,25 +125,25 @@ def _checkpoint_tokenizer(step_dir: str) -> str | None:
   return unpacked
 
 
-def reinit_prefixes(reinit: str, num_layers: int, key: str = "config.reinit") -> tuple[str, ...]:
-  """Parameter-path prefixes that `reinit` ("pooler", "top:K", comma-separated) names.
+def reinit_selector(reinit: str, key: str = "config.reinit") -> params_lib.Selector:
+  """`reinit` parsed: a selector (jaxbert/params.py) of the encoder parts to initialise
+  afresh instead of loading, such as "pooler" and "top:K".
 
   Re-initialising the pooler and the top layers (Zhang et al., 2021, "Revisiting
   Few-sample BERT Fine-tuning") discards what is most specific to the pre-training
   tasks, e.g. a pooler tuned to next-sentence prediction.
   """
-  prefixes = []
-  for part in (p.strip() for p in reinit.split(",") if p.strip()):
-    k = part[4:] if part.startswith("top:") else None
-    if part == "pooler":
-      prefixes.append("bert/pooler/")
-    elif k is not None and k.isdigit() and 1 <= int(k) <= num_layers:
-      prefixes += [f"bert/encoder/layer_{i}/" for i in range(num_layers - int(k), num_layers)]
-    else:
-      raise UserError(f"{key}={reinit!r}: {part!r} is not valid; give \"pooler\" and/or "
-                      f"\"top:K\" with 1 <= K <= {num_layers} (the encoder's layers), "
-                      "comma-separated, or \"\" to load the whole encoder")
-  return tuple(prefixes)
+  return params_lib.parse(reinit, key, params_lib.REINIT)
+
+
+def reinit_prefixes(reinit: str, num_layers: int, key: str = "config.reinit") -> tuple[str, ...]:
+  """The regular expressions `reinit` stands for in an encoder of `num_layers` layers
+  (its shorthands expanded and range-checked); a bad selector is a UserError.
+
+  (Named for the path prefixes it gave before selectors were regular expressions.)
+  """
+  lay = params_lib.bert_layout(num_layers)
+  return tuple(p for _, p in reinit_selector(reinit, key).patterns(lay))
 
 
 @dataclasses.dataclass
@@ -181,8 +182,8 @@ def load_encoder(source: Source, params, shardings, reinit: str = "", heads: boo
   """params with every `bert/...` leaf the source has replaced by the pre-trained value.
 
   With `heads`, every other leaf the source has as well (the MLM and NSP heads, for
-  continued pre-training). Leaves under `reinit` (see `reinit_prefixes`) keep their
-  fresh initialisation.
+  continued pre-training). Leaves `reinit` selects (`reinit_selector`) keep their fresh
+  initialisation; a part of it that selects nothing is a UserError.
   """
   with ocp.PyTreeCheckpointer() as ckptr:
     try:
@@ -195,8 +196,9 @@ def load_encoder(source: Source, params, shardings, reinit: str = "", heads: boo
     saved = {k: tuple(v.shape) for k, v in _flat(tree).items()}
     target = _flat(params)
     target_sh = _flat(shardings)
-    skip = reinit_prefixes(reinit, source.model_cfg.num_layers)
-    fresh = {k: saved[k] for k in target if k in saved and k.startswith(skip)} if skip else {}
+    selector = reinit_selector(reinit)
+    skip = set() if selector.empty else selector.select(list(target))
+    fresh = {k: saved[k] for k in target if k in saved and k in skip}
     loaded = {k: saved[k] for k in target
               if (heads or k.startswith("bert/")) and k in saved and k not in fresh}
     for k, shape in loaded.items():

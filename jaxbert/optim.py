@@ -18,7 +18,8 @@ leaves only. The learning-rate schedule and the MultiSteps counters live in the
 optimizer state as int32 scalars, so the state is a plain pytree that jits,
 donates and shards like the parameters.
 
-Config keys (the `optim` subtree, see `default_optim_config`):
+Config keys (the `optim` group; defaults in jaxbert/defaults.py `optim_config`,
+checks in jaxbert/validate.py `check_optim`):
   name:            "adamw" (Adam with decoupled weight decay) or "lamb".
   lr:              peak learning rate, reached at the end of warm-up.
   b1, b2, eps:     Adam moment decay rates and denominator epsilon (BERT used
@@ -35,12 +36,15 @@ Config keys (the `optim` subtree, see `default_optim_config`):
   end_lr_fraction: final learning rate as a fraction of lr (linear/cosine).
   accum_steps:     micro-batches accumulated (averaged) per optimizer update;
                    updates are zero on the other micro-steps.
-  freeze:          "none"; "encoder" (all of `bert`, only the heads train);
+  freeze:          a selector over parameter names (jaxbert/params.py):
+                   "none"; "encoder" (all of `bert`, only the heads train);
                    "embeddings"; "bottom:K" (embeddings and encoder layers
-                   0..K-1); "layers:I,J,..." (those encoder layers only).
+                   0..K-1); "layers:I,J,..." (those encoder layers only); or
+                   regular expressions such as "bert/encoder/layer_0/.*".
   layer_lr_decay:  < 1 scales the learning rate of a leaf at depth d by
                    layer_lr_decay ** (L + 1 - d): embeddings have depth 0,
-                   encoder layer i depth i + 1, pooler and heads depth L + 1.
+                   encoder layer i depth i + 1, pooler and heads depth L + 1
+                   (params.depth).
 
 Step counts (`total_steps`, warm-up, the schedule's argument) are optimizer
 updates, i.e. micro-batches divided by accum_steps.
@@ -48,7 +52,6 @@ updates, i.e. micro-batches divided by accum_steps.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -58,70 +61,33 @@ import ml_collections
 import numpy as np
 import optax
 
+from jaxbert import params as params_lib
+from jaxbert.config import suggest
+from jaxbert.defaults import optim_config as default_optim_config
 from jaxbert.errors import UserError
+from jaxbert.validate import check_optim
 
 PyTree = Any
 
 FROZEN = "frozen"
 TRAINABLE = "trainable"
-_NAMES = ("adamw", "lamb")
-_DECAYS = ("linear", "cosine", "constant")
 # BERT's AdamWeightDecayOptimizer excluded exactly these names from weight decay.
 _NO_DECAY_MODULES = ("LayerNorm", "layer_norm")
-_LAYER_RE = re.compile(r"layer_(\d+)")
-
-
-def default_optim_config() -> ml_collections.ConfigDict:
-  """The `optim` config subtree with its defaults (BERT's AdamW settings)."""
-  return ml_collections.ConfigDict({
-      "name": "adamw",
-      "lr": 1e-4,
-      "b1": 0.9,
-      "b2": 0.999,
-      "eps": 1e-6,
-      "weight_decay": 0.01,
-      "clip_norm": 1.0,
-      "warmup_steps": 0,
-      "warmup_fraction": 0.1,
-      "decay": "linear",
-      "end_lr_fraction": 0.0,
-      "accum_steps": 1,
-      "freeze": "none",
-      "layer_lr_decay": 1.0,
-  })
 
 
 def _resolve(cfg: Mapping[str, Any] | None) -> ml_collections.ConfigDict:
-  """Defaults overlaid with `cfg`, checked; unknown keys are a UserError."""
+  """Defaults overlaid with `cfg`, checked as at config load; unknown keys are a UserError."""
   out = default_optim_config()
   cfg = {} if cfg is None else cfg
   unknown = sorted(set(cfg.keys()) - set(out.keys()))
   if unknown:
-    raise UserError(f"unknown optim config keys {['optim.' + k for k in unknown]}; "
-                    f"known keys: {sorted(out.keys())}")
+    hints = {k: suggest(k, list(out.keys())) for k in unknown}
+    raise UserError(f"unknown optim config keys {['optim.' + k for k in unknown]}"
+                    + "".join(f" (optim.{k}: did you mean optim.{h}?)" for k, h in hints.items() if h)
+                    + f"; known keys: {sorted(out.keys())}")
   for k in cfg.keys():
     out[k] = cfg[k]
-
-  def check(ok: bool, key: str, want: str):
-    if not ok:
-      raise UserError(f"optim.{key}={out[key]!r} is invalid: {want}")
-
-  check(out.name in _NAMES, "name", f"use one of {list(_NAMES)}")
-  check(out.decay in _DECAYS, "decay", f"use one of {list(_DECAYS)}")
-  check(out.lr > 0, "lr", "must be > 0")
-  check(0 <= out.b1 < 1, "b1", "must be in [0, 1)")
-  check(0 <= out.b2 < 1, "b2", "must be in [0, 1)")
-  check(out.eps > 0, "eps", "must be > 0")
-  check(out.weight_decay >= 0, "weight_decay", "must be >= 0")
-  check(out.clip_norm is None or out.clip_norm >= 0, "clip_norm", "must be >= 0 (0 or None disables)")
-  check(int(out.warmup_steps) == out.warmup_steps and out.warmup_steps >= 0, "warmup_steps",
-        "must be an integer >= 0")
-  check(0 <= out.warmup_fraction < 1, "warmup_fraction", "must be in [0, 1)")
-  check(0 <= out.end_lr_fraction <= 1, "end_lr_fraction", "must be in [0, 1]")
-  check(int(out.accum_steps) == out.accum_steps and out.accum_steps >= 1, "accum_steps",
-        "must be an integer >= 1")
-  check(0 < out.layer_lr_decay <= 1, "layer_lr_decay", "must be in (0, 1] (1 disables)")
-  check(isinstance(out.freeze, str), "freeze", "must be a string")
+  check_optim(out)
   return out
 
 
@@ -165,97 +131,25 @@ def make_schedule(cfg: Mapping[str, Any] | None, total_steps: int) -> optax.Sche
 
 def _names(path) -> tuple[str, ...]:
   """Key names along a pytree path (dict keys, attribute names or indices)."""
-  out = []
-  for k in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(k, attr):
-        out.append(str(getattr(k, attr)))
-        break
-    else:
-      out.append(str(k))
-  return tuple(out)
-
-
-def _num_layers(params: PyTree, needed_for: str | None) -> int:
-  """L: the number of `bert/encoder/layer_i` subtrees.
-
-  A tree without a top-level `bert` key (e.g. the whole `variables` dict instead
-  of `variables["params"]`) would silently freeze nothing, so it is an error
-  whenever `needed_for` names a feature that relies on the BERT layout.
-  """
-  if not isinstance(params, Mapping) or "bert" not in params:
-    if needed_for:
-      raise ValueError(f"{needed_for} needs the model's parameter tree with a top-level 'bert' key "
-                       f"(pass variables['params']); got keys {list(params)[:8]}")
-    return 0
-  encoder = params["bert"].get("encoder", {})
-  idx = sorted(int(m.group(1)) for k in encoder if (m := _LAYER_RE.fullmatch(str(k))))
-  if idx != list(range(len(idx))):
-    raise ValueError(f"bert/encoder layers are not layer_0..layer_{len(idx) - 1}: {idx}")
-  return len(idx)
-
-
-def _depth(names: tuple[str, ...], num_layers: int) -> int:
-  """0 for embeddings, i + 1 for encoder layer i, L + 1 for the pooler and heads."""
-  if not names or names[0] != "bert":
-    return num_layers + 1
-  part = names[1] if len(names) > 1 else ""
-  if part == "embeddings":
-    return 0
-  if part == "pooler":
-    return num_layers + 1
-  if part == "encoder" and len(names) > 2 and (m := _LAYER_RE.fullmatch(names[2])):
-    return int(m.group(1)) + 1
-  # A silently wrong depth would give a wrong learning rate; make the model and
-  # this table agree instead.
-  raise ValueError(f"no layer depth for parameter {'/'.join(names)}; expected bert/embeddings, "
-                   "bert/encoder/layer_i, bert/pooler or a head outside 'bert'")
-
-
-def _frozen_depths(freeze: str, num_layers: int) -> frozenset[int] | None:
-  """Depths under `bert` frozen by `freeze`; None means all of `bert`."""
-  s = freeze.strip()
-  forms = (f"use 'none', 'encoder', 'embeddings', 'bottom:K' (embeddings and the first K "
-           f"encoder layers, 0 <= K <= {num_layers}) or 'layers:I,J,...' (encoder layer "
-           f"indices in 0..{num_layers - 1})")
-  bad = UserError(f"optim.freeze={freeze!r} is not valid: {forms}")
-  if s == "none":
-    return frozenset()
-  if s == "encoder":
-    return None
-  if s == "embeddings":
-    return frozenset({0})
-  kind, _, arg = s.partition(":")
-  kind = kind.strip()
-  if kind == "bottom":
-    if not re.fullmatch(r"\s*\d+\s*", arg) or int(arg) > num_layers:
-      raise bad
-    return frozenset(range(int(arg) + 1))
-  if kind == "layers":
-    items = [a.strip() for a in arg.split(",")]
-    if not all(re.fullmatch(r"\d+", a) for a in items):
-      raise bad
-    layers = {int(a) for a in items}
-    if max(layers) >= num_layers:
-      raise bad
-    return frozenset(i + 1 for i in layers)
-  raise bad
+  return tuple(params_lib.path_name(path).split("/"))
 
 
 def _labeler(freeze: str, params: PyTree, layer_lr_decay: float = 1.0) -> Callable[[PyTree], PyTree]:
-  """A function mapping a tree shaped like `params` to its labels, checked now."""
-  needed_for = (f"optim.freeze={freeze!r}" if freeze.strip() != "none" else
+  """A function mapping a tree shaped like `params` to its labels, checked now.
+
+  `freeze` is a selector (jaxbert/params.py); every leaf it picks is frozen, the others
+  are labelled with their depth.
+  """
+  selector = params_lib.parse(freeze, "optim.freeze", params_lib.FREEZE)
+  names = params_lib.tree_names(params)
+  needed_for = (f"optim.freeze={freeze!r}" if selector.needs_layout else
                 "optim.layer_lr_decay" if layer_lr_decay < 1 else None)
-  num_layers = _num_layers(params, needed_for)
-  frozen = _frozen_depths(freeze, num_layers)
+  lay = params_lib.layout(names, needed_for)
+  frozen = selector.select(names, lay)
 
   def label(path, _):
-    names = _names(path)
-    depth = _depth(names, num_layers)
-    in_bert = bool(names) and names[0] == "bert"
-    if in_bert and (frozen is None or depth in frozen):
-      return FROZEN
-    return f"depth_{depth}"
+    name = params_lib.path_name(path)
+    return FROZEN if name in frozen else f"depth_{params_lib.depth(name, lay)}"
 
   labeler = lambda tree: jax.tree_util.tree_map_with_path(label, tree)
   labeler(params)  # Fails now, not inside jit, on a parameter without a depth.
@@ -297,7 +191,7 @@ def trainable_count(params: PyTree, freeze: str = "none") -> tuple[int, int]:
 # ----------------------------------------------------------------------------- optimizer
 
 
-def scale_by_layer_depth(decay: float, num_layers: int) -> optax.GradientTransformation:
+def scale_by_layer_depth(decay: float, lay: params_lib.Layout) -> optax.GradientTransformation:
   """Multiplies each leaf's update by decay ** (L + 1 - depth); stateless.
 
   The factor is a Python float per leaf, found from the leaf's path at trace
@@ -309,7 +203,7 @@ def scale_by_layer_depth(decay: float, num_layers: int) -> optax.GradientTransfo
     del params
 
     def scale(path, u):
-      return u * (decay ** (num_layers + 1 - _depth(_names(path), num_layers)))
+      return u * (decay ** (lay.num_layers + 1 - params_lib.depth(params_lib.path_name(path), lay)))
 
     return jax.tree_util.tree_map_with_path(scale, updates), state
 
@@ -325,7 +219,7 @@ def make_optimizer(cfg: Mapping[str, Any] | None, params_or_shapes: PyTree,
   """
   cfg = _resolve(cfg)
   labeler = _labeler(cfg.freeze, params_or_shapes, cfg.layer_lr_decay)
-  num_layers = _num_layers(params_or_shapes, None)
+  lay = params_lib.layout(params_lib.tree_names(params_or_shapes))
   schedule = make_schedule(cfg, total_steps)
 
   parts = []
@@ -339,7 +233,7 @@ def make_optimizer(cfg: Mapping[str, Any] | None, params_or_shapes: PyTree,
     # factor must come after it or it would be normalised away.
     parts.append(optax.scale_by_trust_ratio())
   if cfg.layer_lr_decay < 1:
-    parts.append(scale_by_layer_depth(float(cfg.layer_lr_decay), num_layers))
+    parts.append(scale_by_layer_depth(float(cfg.layer_lr_decay), lay))
   parts.append(optax.scale_by_learning_rate(schedule))
   trainable = optax.chain(*parts)
   if cfg.accum_steps > 1:

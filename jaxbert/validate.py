@@ -1,0 +1,318 @@
+"""validate(config): a run config checked as a whole, once, when it is loaded.
+
+`jaxbert pretrain`, `finetune` and `sweep` call it through config.load, before any
+data is read, so a mistake in any key is reported within seconds as one line that
+names the key: `train.batch_size=0 is invalid: must be an integer >= 1`. It checks
+
+- the keys: each is one jaxbert/defaults.py defines for the task (the free-form
+  option groups aside), and each of those is there;
+- every value's type and range or choices (RULES; optim.* in `check_optim`, which
+  the optimizer also runs on configs that never went through a file);
+- the keys that depend on each other (steps or epochs, warm-up within the steps,
+  init beside tokenizer.path and reinit, sequence length within the model);
+- the selectors (optim.freeze, reinit; jaxbert/params.py): their syntax, and that
+  each item picks a parameter of the model the config describes, whose names come
+  from jax.eval_shape (no weights, no data);
+- a sweep's search space: its shape, and each value set on the config passes the
+  same checks.
+
+What needs the devices (train.batch_size divisible by them) or the data (a split
+smaller than a batch) is checked where those become known.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import math
+import os
+
+from jaxbert import defaults
+from jaxbert import params as params_lib
+from jaxbert.config import ConfigDict, set_key, suggest
+from jaxbert.errors import UserError
+from jaxbert.model import PRESETS, BertConfig
+
+TASKS = ("pretrain", "finetune")
+OPTIMIZERS = ("adamw", "lamb")
+DECAYS = ("linear", "cosine", "constant")
+DTYPES = ("float32", "bfloat16")
+PRNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
+TOKENIZER_MODELS = ("unigram", "bpe")
+POOLINGS = ("cls", "mean")
+SWEEP_METHODS = ("grid", "random")
+# Parameter names do not depend on the vocabulary; a small one keeps eval_shape quick.
+PLACEHOLDER_VOCAB = 128
+
+
+def _is_int(v) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _int(lo: int):
+  return lambda v: _is_int(v) and v >= lo, f"must be an integer >= {lo}"
+
+
+def _num(test, want: str):
+  return lambda v: _is_num(v) and test(v), want
+
+
+def _choice(options):
+  return lambda v: v in options, f"use one of {list(options)}"
+
+
+_BOOL = (lambda v: isinstance(v, bool), "must be True or False")
+_STR = (lambda v: isinstance(v, str), "must be a string")
+_NONEMPTY = (lambda v: isinstance(v, str) and v != "", "must be a non-empty string")
+_ANY_INT = (_is_int, "must be an integer")
+_FRACTION = _num(lambda v: 0 <= v < 1, "must be in [0, 1)")
+_POSITIVE = _num(lambda v: v > 0, "must be > 0")
+_NONNEG = _num(lambda v: v >= 0, "must be >= 0")
+_MESH = (lambda v: _is_int(v) and (v == -1 or v >= 1),
+         "must be -1 (the devices left over) or an integer >= 1")
+
+RULES = {
+    "task": _choice(TASKS), "name": _STR, "init": _STR, "reinit": _STR,
+    "model.preset": (lambda v: v == "" or v in PRESETS,
+                     f"use one of {list(PRESETS)}, or \"\" for the sizes in config.model"),
+    "model.override_preset_sizes": _BOOL,
+    **{f"model.{k}": _int(1) for k in ("hidden_size", "num_layers", "num_heads",
+                                        "intermediate_size", "max_position_embeddings",
+                                        "type_vocab_size")},
+    "model.hidden_act": _STR, "model.hidden_dropout": _FRACTION,
+    "model.attention_dropout": _FRACTION, "model.layer_norm_eps": _POSITIVE,
+    "model.initializer_range": _POSITIVE, "model.dtype": _choice(DTYPES), "model.remat": _BOOL,
+    "head.pooling": _choice(POOLINGS),
+    "tokenizer.path": _STR, "tokenizer.vocab_size": _int(1),
+    "tokenizer.model_type": _choice(TOKENIZER_MODELS), "tokenizer.lowercase": _BOOL,
+    "tokenizer.train_sentences": _int(1),
+    "data.corpus": _STR, "data.text_field": _NONEMPTY, "data.split": _NONEMPTY,
+    "data.tfds_data_dir": _STR, "data.heldout_fraction": _num(lambda v: 0 < v < 1, "must be in (0, 1)"),
+    "data.max_seq_len": _int(4), "data.max_predictions_per_seq": _int(1),
+    "data.mask_prob": _num(lambda v: 0 < v < 1, "must be in (0, 1)"),
+    "data.short_seq_prob": _num(lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+    "data.whole_word": _BOOL, "data.packing": _int(0), "data.num_workers": _int(0),
+    "data.eval_examples": _int(1),
+    "data.task": _NONEMPTY, "data.train_split": _NONEMPTY, "data.eval_split": _NONEMPTY,
+    "data.data_dir": _STR,
+    "train.steps": _int(0), "train.batch_size": _int(1), "train.seed": _ANY_INT,
+    "train.log_every": _int(1), "train.eval_every": _int(1), "train.checkpoint_every": _int(1),
+    "train.keep_checkpoints": _int(1), "train.progress": _BOOL, "train.peak_flops": _NONNEG,
+    "train.prng_impl": _choice(PRNG_IMPLS), "train.max_nonfinite": _int(0),
+    "train.epochs": _NONNEG, "train.early_stopping_patience": _int(0),
+    "train.early_stopping_min_delta": _NONNEG,
+    "mesh.data": _MESH, "mesh.fsdp": _MESH,
+    "sweep.method": _choice(SWEEP_METHODS), "sweep.num_trials": _int(0), "sweep.seed": _ANY_INT,
+    "sweep.metric": _STR, "sweep.side_by_side": _BOOL, "sweep.max_side_by_side": _int(0),
+}
+
+
+def _bad(key: str, value, want: str) -> UserError:
+  return UserError(f"{key}={value!r} is invalid: {want}")
+
+
+def check_optim(o, prefix: str = "optim") -> None:
+  """The `optim` group's values (jaxbert/optim.py says what each does)."""
+
+  def check(ok: bool, key: str, want: str):
+    if not ok:
+      raise _bad(f"{prefix}.{key}", o[key], want)
+
+  num = lambda k: _is_num(o[k])
+  check(o.name in OPTIMIZERS, "name", f"use one of {list(OPTIMIZERS)}")
+  check(o.decay in DECAYS, "decay", f"use one of {list(DECAYS)}")
+  check(num("lr") and o.lr > 0, "lr", "must be > 0")
+  check(num("b1") and 0 <= o.b1 < 1, "b1", "must be in [0, 1)")
+  check(num("b2") and 0 <= o.b2 < 1, "b2", "must be in [0, 1)")
+  check(num("eps") and o.eps > 0, "eps", "must be > 0")
+  check(num("weight_decay") and o.weight_decay >= 0, "weight_decay", "must be >= 0")
+  check(o.clip_norm is None or num("clip_norm") and o.clip_norm >= 0, "clip_norm",
+        "must be >= 0 (0 or None disables)")
+  check(num("warmup_steps") and int(o.warmup_steps) == o.warmup_steps and o.warmup_steps >= 0,
+        "warmup_steps", "must be an integer >= 0")
+  check(num("warmup_fraction") and 0 <= o.warmup_fraction < 1, "warmup_fraction", "must be in [0, 1)")
+  check(num("end_lr_fraction") and 0 <= o.end_lr_fraction <= 1, "end_lr_fraction", "must be in [0, 1]")
+  check(num("accum_steps") and int(o.accum_steps) == o.accum_steps and o.accum_steps >= 1,
+        "accum_steps", "must be an integer >= 1")
+  check(num("layer_lr_decay") and 0 < o.layer_lr_decay <= 1, "layer_lr_decay",
+        "must be in (0, 1] (1 disables)")
+  check(isinstance(o.freeze, str), "freeze", "must be a string")
+
+
+def _leaves(config: ConfigDict, prefix: str = "") -> dict:
+  """Leaf keys -> values, not descending into free-form groups (data.options, sweep.space)."""
+  out = {}
+  for k, v in config.items():
+    if isinstance(v, ConfigDict):
+      if v.is_type_safe:
+        out.update(_leaves(v, f"{prefix}{k}."))
+      else:
+        out[f"{prefix}{k}"] = v
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def schema(task: str) -> ConfigDict:
+  return defaults.pretrain_config() if task == "pretrain" else defaults.finetune_config()
+
+
+def validate(config: ConfigDict) -> None:
+  """Every check that needs neither the devices nor the data; a UserError names the key."""
+  task = config.get("task")
+  if task not in TASKS:
+    raise _bad("config.task", task, f"use one of {list(TASKS)}")
+  want, have = _leaves(schema(task)), _leaves(config)
+  for key in have:
+    if key not in want:
+      close = suggest(key, list(want))
+      raise UserError(f"unknown config key {key!r} in the {task} config"
+                      + (f"; did you mean {close}?" if close else ""))
+  for key in want:
+    if key not in have:
+      raise UserError(f"the config lacks {key}; start config files from jaxbert.defaults "
+                      f"{task}_config() and change what differs")
+  for key, value in have.items():
+    if key in RULES:
+      ok, text = RULES[key]
+      if not ok(value):
+        raise _bad(key, value, text)
+  check_optim(config.optim)
+  _check_together(config)
+  _check_selectors(config)
+  if task == "finetune":
+    _check_sweep(config)
+
+
+def _check_together(c: ConfigDict) -> None:
+  t, o, finetune = c.train, c.optim, c.task == "finetune"
+  if finetune and t.epochs <= 0 and t.steps < 1:
+    raise _bad("train.steps", t.steps, "must be an integer >= 1 (or set train.epochs > 0)")
+  if not finetune and t.steps < 1:
+    raise _bad("train.steps", t.steps, "must be an integer >= 1")
+  if c.mesh.data == -1 and c.mesh.fsdp == -1:
+    raise UserError("mesh.data and mesh.fsdp cannot both be -1")
+  if c.init and not os.path.exists(c.init):
+    raise UserError(f"config.init={c.init}: no such file or directory")
+  if c.init and c.tokenizer.path:
+    raise UserError("set either config.init (its tokenizer is used) or config.tokenizer.path")
+  if finetune and c.reinit and not c.init:
+    raise UserError(f"config.reinit={c.reinit!r} re-initialises parts of a pre-trained "
+                    "encoder, but config.init is empty; set config.init or drop config.reinit")
+  if finetune and not c.init and not c.tokenizer.path:
+    raise UserError("fine-tuning from random initialisation needs --config.tokenizer.path "
+                    "(or start from a checkpoint with --config.init=...)")
+  if not finetune and not c.data.corpus:
+    raise UserError("config.data.corpus is empty; set --config.data.corpus=PATH (a file, folder "
+                    "or glob of text) or tfds:NAME")
+  steps = t.steps if not (finetune and t.epochs > 0) else 0  # epochs: known with the data
+  warmup = int(o.warmup_steps) if o.warmup_steps > 0 else int(round(o.warmup_fraction * steps))
+  if steps and o.decay != "constant" and warmup >= steps:
+    raise UserError(f"warm-up of {warmup} steps (optim.warmup_steps / optim.warmup_fraction) "
+                    f"leaves no room to decay within {steps} training steps; shorten the warm-up "
+                    "or set optim.decay='constant'")
+  patience = t.get("early_stopping_patience", 0)
+  if steps and patience and t.eval_every >= steps * int(o.accum_steps):
+    raise UserError(f"train.early_stopping_patience={patience} needs evaluations during "
+                    f"training: set train.eval_every below the {steps * int(o.accum_steps)} steps")
+  model = architecture(c)  # bert_config's own checks, named config.model
+  if model is not None and c.data.max_seq_len > model.max_position_embeddings:
+    raise _bad("data.max_seq_len", c.data.max_seq_len,
+               f"must be <= the model's max_position_embeddings={model.max_position_embeddings}")
+
+
+# ----------------------------------------------------------------------------- selectors
+
+
+def _check_selectors(c: ConfigDict) -> None:
+  selectors = [params_lib.parse(c.optim.freeze, "optim.freeze", params_lib.FREEZE)]
+  if "reinit" in c:
+    selectors.append(params_lib.parse(c.reinit, "config.reinit", params_lib.REINIT))
+  if all(s.empty for s in selectors):
+    return
+  model = architecture(c)
+  if model is None:  # the checkpoint's architecture is unreadable: the run says why
+    return
+  names = model_names(model, c.task)
+  lay = params_lib.layout(names)
+  for s in selectors:
+    s.select(names, lay)
+
+
+def architecture(c: ConfigDict) -> BertConfig | None:
+  """The model the run trains (its vocabulary a placeholder): config.model, or for
+  fine-tuning from config.init the checkpoint's, None if that cannot be read."""
+  if c.task == "finetune" and c.init:
+    return _checkpoint_architecture(c.init)
+  return defaults.bert_config(c.model, PLACEHOLDER_VOCAB)
+
+
+def _checkpoint_architecture(init: str) -> BertConfig | None:
+  """As handover.open_source finds it, from the small JSON files only."""
+  from jaxbert.checkpoint import MODEL_JSON, read_model_json  # pylint: disable=g-import-not-at-top
+  path = os.path.abspath(init)
+  try:
+    if os.path.isfile(os.path.join(path, MODEL_JSON)):
+      return read_model_json(path)["model"]
+    if os.path.basename(os.path.dirname(path)) == "checkpoints" and os.path.basename(path).isdigit():
+      workdir = os.path.dirname(os.path.dirname(path))
+    elif os.path.isdir(os.path.join(path, "checkpoints")):
+      workdir = path
+    else:
+      return None
+    with open(os.path.join(workdir, "config.json")) as f:
+      model = ConfigDict(json.load(f)["model"])
+    return defaults.bert_config(model, PLACEHOLDER_VOCAB)
+  except (OSError, ValueError, KeyError, TypeError, AttributeError, UserError):
+    return None
+
+
+@functools.lru_cache(maxsize=16)
+def model_names(model: BertConfig, task: str) -> tuple[str, ...]:
+  """The parameter names of the run's model; for fine-tuning, of every head kind (the
+  task's kind is known only once its data is read)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jaxbert import model as model_lib  # pylint: disable=g-import-not-at-top
+  one = model.replace(num_layers=1, remat=False, vocab_size=PLACEHOLDER_VOCAB)
+  if task == "pretrain":
+    models = [model_lib.BertForPreTraining(one)]
+  else:
+    models = [model_lib.BertForSequenceClassification(one, 2), model_lib.BertForQuestionAnswering(one)]
+  batch = model_lib.dummy_batch(one, seq_len=min(8, one.max_position_embeddings), predictions=1)
+  names = set()
+  for m in models:
+    shapes = jax.eval_shape(lambda m=m: m.init(jax.random.key(0), batch))
+    names.update(params_lib.tree_names(shapes["params"]))
+  # One layer is traced; every layer has layer_0's parameters.
+  return tuple(sorted({n.replace("/layer_0/", f"/layer_{i}/")
+                       for n in names for i in range(model.num_layers)}))
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+
+def _check_sweep(c: ConfigDict) -> None:
+  has_values = lambda d: any(not isinstance(v, dict) or has_values(v) for v in d.values())
+  if not has_values(c.sweep.space.to_dict()):
+    return
+  from jaxbert import sweep as sweep_lib  # pylint: disable=g-import-not-at-top
+  sweep_lib.expand(c)  # the space's shape, distributions, method and trial budget
+  for key, values in sweep_lib.search_space(c).items():
+    if isinstance(values, list):
+      points = values
+    else:
+      name, bounds = values
+      points = [int(b) if name == "int_uniform" else b for b in bounds]
+    for value in points:
+      probe = copy.deepcopy(c)
+      probe.sweep = defaults.sweep_config()
+      try:
+        set_key(probe, key, value)
+        validate(probe)
+      except UserError as e:
+        raise UserError(f"config.sweep.space.{key} holds {value!r}: {e}") from None
