@@ -269,7 +269,7 @@ def parse(text: str, key: str, allowed: Iterable[str]) -> Selector:
   items = []
   for part in split(text) or ["none"]:
     word, colon, arg = part.partition(":")
-    if re.fullmatch(r"[A-Za-z_]+", word) and (colon or "/" not in part):
+    if re.fullmatch(r"[A-Za-z_]+", word):  # a bare word or word:args is a shorthand
       items.append(_shorthand(sel, part, word, colon, arg))
       continue
     try:
@@ -281,8 +281,7 @@ def parse(text: str, key: str, allowed: Iterable[str]) -> Selector:
 
 def _shorthand(sel: Selector, part: str, word: str, colon: str, arg: str) -> Item:
   if word not in sel.allowed:
-    known = [w for w in sel.allowed]
-    close = difflib.get_close_matches(word, known, n=1, cutoff=0.6)
+    close = difflib.get_close_matches(word, list(sel.allowed), n=1, cutoff=0.6)
     hint = f" (did you mean {SHORTHANDS[close[0]]}?)" if close else ""
     what = "does not apply here" if word in SHORTHANDS else "is not a shorthand"
     raise sel.error(f"{part!r} {what}{hint}")
