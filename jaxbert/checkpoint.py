@@ -14,7 +14,8 @@ size and sha256 of every file before the step folder is committed, and
 `integrity_problem` checks a folder against that record. Orbax's own format has no
 checksums, so without the record a flipped byte would restore as a wrong value.
 `checkpoint_manager`, `save_checkpoint` and `restore_latest` are how the trainer
-writes and reads them.
+writes and reads them; a save that fails for lack of space is one UserError
+(jaxbert/full_disk.py).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
+from jaxbert import full_disk
 from jaxbert.config import ConfigDict
 from jaxbert.errors import UserError
 from jaxbert.model import BertConfig
@@ -91,11 +93,15 @@ def is_sealed(directory: str) -> bool:
 def integrity_problem(directory: str) -> str | None:
   """What differs from the sealed record (missing, truncated or changed file), else None.
 
-  An unsealed folder (written before checkpoints were sealed) has nothing to check: None.
+  A folder without its record is damaged too: every committed checkpoint is sealed
+  before Orbax renames it into place, so a missing record means a deleted file or an
+  unfinished write, and nothing in the folder can be verified.
   """
   path = os.path.join(directory, INTEGRITY_JSON)
+  if not os.path.isdir(directory):
+    return "the folder is missing"
   if not os.path.isfile(path):
-    return None if os.path.isdir(directory) else "the folder is missing"
+    return f"its integrity record {INTEGRITY_JSON} is missing (its files cannot be verified)"
   try:
     with open(path) as f:
       files = json.load(f)["files"]
@@ -224,7 +230,7 @@ def checkpoint_manager(workdir: str, config: ConfigDict) -> ocp.CheckpointManage
           post_finalization_callback=functools.partial(_seal_pending_save, root)))
   # Two items per step: the train state, and the tokenizer's files (so that a step
   # folder alone is enough to fine-tune from or export).
-  return ocp.CheckpointManager(root, options=options, item_names=("default", "tokenizer"))
+  return full_disk.CheckpointManager(root, options=options, item_names=("default", "tokenizer"))
 
 
 def save_checkpoint(mngr: ocp.CheckpointManager, step: int, state, tokenizer_json: dict) -> None:
@@ -303,9 +309,6 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state):
     step_dir = os.path.join(str(mngr.directory), str(step))
     problem = integrity_problem(step_dir)
     if problem is None:
-      if not is_sealed(step_dir):
-        log.warning("checkpoint %s has no integrity record (written by an older jaxbert); "
-                    "reading it unverified", step_dir)
       try:
         metadata = _saved_state_metadata(step_dir)
       except Exception as e:  # pylint: disable=broad-except

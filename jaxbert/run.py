@@ -9,6 +9,7 @@ import os
 import jax
 
 from jaxbert import sharding as shd
+from jaxbert import workdir_lock
 from jaxbert.config import ConfigDict
 from jaxbert.errors import UserError
 from jaxbert.train import Outcome, TrainingDiverged, check_workdir_config, train_trials
@@ -31,9 +32,11 @@ def run(config: ConfigDict, workdir: str, devices=None) -> dict[str, float]:
   """Trains (or resumes) the run `config` describes in `workdir`; returns final eval metrics.
 
   `devices` restricts the mesh to some devices (tests); by default it spans all of them.
-  A run that diverges raises TrainingDiverged.
+  A run that diverges raises TrainingDiverged. The workdir is locked while it runs,
+  and left as found if it was fresh and the run fails on bad input (workdir_lock).
   """
-  outcome = run_trials([config], [workdir], devices)[0]
+  with workdir_lock.claimed(workdir):
+    outcome = run_trials([config], [workdir], devices)[0]
   if outcome.status == "diverged":
     raise TrainingDiverged(outcome.message)
   return outcome.metrics

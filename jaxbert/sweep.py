@@ -47,6 +47,7 @@ from jaxbert.errors import UserError
 from jaxbert.preemption import Preemption
 from jaxbert.run import run_trials
 from jaxbert import trials as trials_lib
+from jaxbert import workdir_lock
 from jaxbert.train import check_workdir_config
 
 log = logging.getLogger("jaxbert")
@@ -286,7 +287,13 @@ def run_sweep(config: ConfigDict, workdir: str, devices=None,
 
   Finished trials (trial.json with the same config) are not run again; an unfinished
   one resumes from its checkpoints. `on_record` sees each new trial record (tests).
+  The sweep workdir is locked while it runs (jaxbert/workdir_lock.py).
   """
+  with workdir_lock.held(workdir):
+    return _run_sweep(config, workdir, devices, on_record)
+
+
+def _run_sweep(config: ConfigDict, workdir: str, devices, on_record) -> dict[str, Any]:
   if config.get("task") != "finetune" or "sweep" not in config:
     raise UserError("jaxbert sweep takes a fine-tuning config (configs/finetune/*.py) with a "
                     "config.sweep group")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import abc
 import hashlib
-import io
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -120,6 +119,8 @@ class SentencePieceTokenizer(Tokenizer):
     self._source = source
     sp = self._sp
     self.vocab_size = sp.get_piece_size()
+    if self.vocab_size == 0:  # an empty protobuf parses, as a model with nothing in it
+      raise UserError(f"{source} is not a SentencePiece model (it holds no pieces)")
     self.pad_id, self.unk_id = sp.pad_id(), sp.unk_id()
     if self.pad_id < 0:
       raise UserError(f"SentencePiece model {source} has no pad piece (pad_id=-1); "
@@ -140,15 +141,23 @@ class SentencePieceTokenizer(Tokenizer):
 
   @classmethod
   def load(cls, directory: str) -> "SentencePieceTokenizer":
-    path = os.path.join(directory, SPM_MODEL_FILE)
+    """From DIRECTORY/spm.model, or from `directory` itself if it is the model file."""
+    path = directory if os.path.isfile(directory) else os.path.join(directory, SPM_MODEL_FILE)
     try:
       with open(path, "rb") as f:
         proto = f.read()
-      return cls(proto, source=path)
     except OSError as e:
       raise UserError(f"cannot read SentencePiece model {path}: {e}") from e
-    except RuntimeError as e:  # sentencepiece's parse errors
-      raise UserError(f"{path} is not a valid SentencePiece model: {e}") from e
+    if not proto:
+      raise UserError(f"{path} is empty (0 bytes), not a SentencePiece model; an interrupted "
+                      "copy? Copy the model file again (a run's tokenizer is in "
+                      "WORKDIR/tokenizer/spm.model)")
+    try:
+      return cls(proto, source=path)
+    except RuntimeError:  # sentencepiece's parse errors
+      raise UserError(f"{path} is not a SentencePiece model (it does not parse as one); "
+                      "give the spm.model a jaxbert run wrote, or a folder with a Hugging "
+                      "Face tokenizer.json / vocab.txt") from None
 
   def encode(self, text: str) -> list[int]:
     return self._sp.encode(text)
@@ -326,9 +335,17 @@ class WordPieceTokenizer(Tokenizer):
 
 
 def load_tokenizer(directory: str) -> Tokenizer:
-  """`spm.model` -> SentencePieceTokenizer; `tokenizer.json`/`vocab.txt` -> WordPiece."""
+  """`spm.model` -> SentencePieceTokenizer; `tokenizer.json`/`vocab.txt` -> WordPiece.
+
+  `directory` is the folder holding them, or one of those files itself (any other file
+  is read as a SentencePiece model).
+  """
   expected = (f"{SPM_MODEL_FILE} (SentencePiece) or {HF_TOKENIZER_FILE} / {HF_VOCAB_FILE} "
               "(Hugging Face WordPiece)")
+  if os.path.isfile(directory):  # the model file itself, e.g. tokenizer.path=.../spm.model
+    if os.path.basename(directory) in (HF_TOKENIZER_FILE, HF_VOCAB_FILE):
+      return WordPieceTokenizer.load(os.path.dirname(directory))
+    return SentencePieceTokenizer.load(directory)
   if not os.path.isdir(directory):
     raise UserError(f"tokenizer directory {directory} does not exist; expected a folder "
                     f"holding {expected}.")
@@ -339,42 +356,12 @@ def load_tokenizer(directory: str) -> Tokenizer:
   raise UserError(f"no tokenizer in {directory}: expected {expected}.")
 
 
-def train_sentencepiece(texts: Iterable[str], out_dir: str, vocab_size: int, *,
-                        model_type: str = "unigram", lowercase: bool = False,
-                        input_sentence_size: int = 2_000_000, seed: int = 0,
-                        num_threads: int | None = None) -> SentencePieceTokenizer:
+def train_sentencepiece(texts: Iterable[str], out_dir: str, vocab_size: int,
+                        **options) -> SentencePieceTokenizer:
   """Trains a SentencePiece model on `texts` (one sentence each); writes out_dir/spm.model.
-
-  Ids: [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4, then 256 byte pieces (byte
-  fallback: no character is ever [UNK]), then the learned pieces. `vocab_size` is a
-  soft limit: a corpus too small to support it yields fewer pieces (tests, toy runs);
-  it must still exceed 261 + the number of distinct characters kept.
-  At most `input_sentence_size` sentences, sampled with `seed`, reach the trainer.
-  The same texts, settings and seed give a byte-identical model.
-  """
-  if model_type not in ("unigram", "bpe"):
-    raise UserError(f"tokenizer model_type must be 'unigram' or 'bpe', got {model_type!r}.")
-  spm.set_random_generator_seed(seed)
-  writer = io.BytesIO()
-  try:
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts), model_writer=writer,
-        vocab_size=vocab_size, model_type=model_type,
-        pad_id=0, unk_id=1, bos_id=-1, eos_id=-1, pad_piece=PAD, unk_piece=UNK,
-        control_symbols=[CLS, SEP, MASK], byte_fallback=True,
-        character_coverage=0.9999, hard_vocab_limit=False,
-        normalization_rule_name="nmt_nfkc_cf" if lowercase else "nmt_nfkc",
-        input_sentence_size=input_sentence_size, shuffle_input_sentence=True,
-        num_threads=num_threads or os.cpu_count() or 1, minloglevel=2)
-  except RuntimeError as e:
-    msg = str(e)
-    if "sentences_.empty()" in msg:
-      msg = "no training sentences (the corpus is empty)"
-    raise UserError(f"SentencePiece training for {out_dir} failed "
-                    f"(vocab_size={vocab_size}): {msg}") from e
-  tok = SentencePieceTokenizer(writer.getvalue(), source=os.path.join(out_dir, SPM_MODEL_FILE))
-  tok.save(out_dir)
-  return tok
+  The options and ids: jaxbert/spm_training.py."""
+  from jaxbert import spm_training  # pylint: disable=g-import-not-at-top (it imports this module)
+  return spm_training.train_sentencepiece(texts, out_dir, vocab_size, **options)
 
 
 def padded_vocab_size(n: int, multiple: int = 128) -> int:

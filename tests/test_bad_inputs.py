@@ -34,6 +34,20 @@ def _bad_task(lab, folder, split, line, row):
   return folder
 
 
+def _squad_task(folder):
+  """SQuAD files whose second answer is not where its answer_start says."""
+  os.makedirs(folder)
+  context = "The sky is blue and the grass is green."
+  qas = [{"id": "q1", "question": "What is blue?", "answers": [{"text": "sky",
+                                                               "answer_start": 4}]},
+         {"id": "q2", "question": "What colour is the grass?",
+          "answers": [{"text": "green", "answer_start": 4}]}]
+  for split in ("train", "dev"):
+    with open(os.path.join(folder, f"{split}.json"), "w") as f:
+      json.dump({"data": [{"title": "t", "paragraphs": [{"context": context, "qas": qas}]}]}, f)
+  return str(folder)
+
+
 def _cases(lab, tmp):
   """name -> (command, config, workdir source or None, overrides, expected in the message)."""
   pre, fin = lab["pretrain_config"], lab["finetune_config"]
@@ -47,6 +61,16 @@ def _cases(lab, tmp):
   with open(os.path.join(edited, "config.json"), "w") as f:
     json.dump(cfg, f)
   stray_tab = _bad_task(lab, tmp / "tab", "train", 5, "ka lo\tmi\tyes")
+  empty_label = _bad_task(lab, tmp / "empty_label", "train", 6, "ka lo mi\t")
+  squad = _squad_task(tmp / "squad")
+  binary = tmp / "array.npy"  # a header, then little-endian numbers: NUL bytes
+  binary.write_bytes(b"\x93NUMPY\x01\x00v\x00" + bytes(range(256)) * 16)
+  empty_model = tmp / "empty_model"
+  os.makedirs(empty_model)
+  (empty_model / "spm.model").write_bytes(b"")
+  many_chars = tmp / "many_chars.txt"  # text, but 600 distinct characters
+  many_chars.write_text("".join("".join(chr(0x4E00 + (i * 7 + j) % 600) for j in range(30))
+                                + ("\n\n" if i % 5 == 4 else "\n") for i in range(400)))
   bad_label = _bad_task(lab, tmp / "label", "dev", 7, "ka lo mi\tmaybe")
   return {
       "missing corpus": ("pretrain", pre, None, [f"--config.data.corpus={tmp}/no_corpus.txt"],
@@ -80,6 +104,26 @@ def _cases(lab, tmp):
           "finetune", fin, None,
           [f"--config.data.task={bad_label}"],
           "dev.tsv:7: label 'maybe' is not in the label set ['no', 'yes']"),
+      "TSV row with an empty label": (
+          "finetune", fin, None, [f"--config.data.task={empty_label}"],
+          "train.tsv:6: the label is empty"),
+      "SQuAD answer not at answer_start": (
+          "finetune", fin, None, [f"--config.data.task={squad}"],
+          "train.json: data[0].paragraphs[0].qas[1].answers[0] of question id 'q2': answer "
+          "text 'green' is not at answer_start=4"),
+      "binary file as corpus": (
+          "pretrain", pre, None, [f"--config.data.corpus={binary}"],
+          f"corpus file {binary} is not text: it holds NUL bytes"),
+      "empty sentencepiece model": (
+          "pretrain", pre, None, [f"--config.tokenizer.path={empty_model}"],
+          f"{empty_model}/spm.model is empty (0 bytes), not a SentencePiece model"),
+      "a text file as sentencepiece model": (
+          "pretrain", pre, None, [f"--config.tokenizer.path={lab['corpus']}"],
+          f"{lab['corpus']} is not a SentencePiece model"),
+      "corpus of unusually many characters": (
+          "pretrain", pre, None, [f"--config.data.corpus={many_chars}"],
+          "distinct characters (after character_coverage), unusually many for text in a "
+          f"language or two: is a file of the corpus {many_chars} binary"),
       "diverging run": ("pretrain", pre, None,
                         ["--config.optim.lr=1e30", "--config.train.max_nonfinite=2"],
                         "(train.max_nonfinite=2)"),
@@ -116,9 +160,9 @@ def test_bad_inputs_give_one_clear_message_and_exit_2(lab, tmp_path):
     if {k: after.get(k) for k in before} != before:
       problems.append("earlier files changed: "
                       f"{[k for k in before if after.get(k) != before[k]][:5]}")
-    claimed = {"config.json", "checkpoints"} & set(os.listdir(workdir))
-    if source is None and name != "diverging run" and claimed:  # it failed before training
-      problems.append(f"the failed run claimed the workdir: {claimed}")
+    left = set(os.listdir(workdir)) - set(before)
+    if source is None and name != "diverging run" and left:  # it failed before training
+      problems.append(f"the failed run left {sorted(left)} in the fresh workdir")
     return name, problems, proc.stderr[-1500:]
 
   with concurrent.futures.ThreadPoolExecutor(2) as pool:

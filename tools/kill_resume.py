@@ -18,6 +18,7 @@ Kill moments (K is a step):
   seal:K      checkpoint K written, before its integrity record
   sealed:K    integrity record written, before the folder is committed (renamed)
   committed:K just after checkpoint K is committed
+  full:K      not a kill: writing checkpoint K fails with ENOSPC (a full disk)
 
 The runs are the real command (`jaxbert.cli.main`) in a child process of this script
 (`kill_resume.py child --kill MOMENT -- pretrain --config ...`), which arms the kill.
@@ -29,6 +30,7 @@ JAX compilation cache, so only the first one compiles.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import shutil
 import signal
@@ -182,8 +184,8 @@ def arm(moment: str, workdir: str, slow: float = 0.0) -> None:
   for cls in (pretrain.PretrainTask, finetune.FinetuneTask):
     original = cls.batches
 
-    def batches(self, start_step, original=original):
-      for step, batch in enumerate(original(self, start_step), start_step):
+    def batches(self, start_step, *args, original=original):
+      for step, batch in enumerate(original(self, start_step, *args), start_step):
         if step == kill_step:
           _kill_self()
         if slow:
@@ -200,6 +202,16 @@ def arm(moment: str, workdir: str, slow: float = 0.0) -> None:
     _watch(lambda: os.path.isdir(os.path.join(root, arg)))
   elif kind == "file":
     _watch(lambda: os.path.exists(os.path.join(workdir, arg)))
+  elif kind == "full":  # not a kill: the disk fills while checkpoint K is written
+    seal = checkpoint.seal
+
+    def disk_full(directory):
+      if os.path.basename(directory).split(".")[0] == arg:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC),
+                      os.path.join(directory, checkpoint.INTEGRITY_JSON))
+      seal(directory)
+
+    checkpoint.seal = disk_full
   elif kind in ("seal", "sealed"):
     seal = checkpoint.seal
 
@@ -291,7 +303,7 @@ def differing_leaves(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> list
 def resumed_step(stderr: str) -> int:
   """The step a run says it resumed from (0 when it started afresh)."""
   for line in stderr.splitlines():
-    if "resumed from" in line and " at step " in line:
+    if " resumed " in line and " at step " in line:
       return int(line.rsplit(" at step ", 1)[1].split()[0])
   return 0
 

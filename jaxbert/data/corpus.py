@@ -169,10 +169,16 @@ def _quiet_custom_config():
 def prepare_text_corpus(source: str, data_dir: str) -> TextCorpus:
   """Prepares (once) and returns the `TextCorpus` builder for `source`'s files.
 
-  Re-running with unchanged files reuses the prepared records. Logs a warning per
-  file that had undecodable bytes (replaced with U+FFFD) with their count.
+  Re-running with unchanged files reuses the prepared records. A file that is clearly
+  not text (`utf8.binary_problem`) is a UserError naming it. Logs a warning per file
+  that had undecodable bytes (replaced with U+FFFD) with their count.
   """
   files = resolve_files(source)
+  for path in files:  # before anything is written: a binary file is a wrong path, not text
+    problem = utf8.binary_problem(path)
+    if problem:
+      raise UserError(f"corpus file {path} is not text: {problem}; give text files as "
+                      "config.data.corpus (one sentence or paragraph per line)")
   config = TextCorpusConfig(name=_corpus_config_name(files), files=tuple(files),
                             source=source)
   with _quiet_custom_config():

@@ -11,10 +11,12 @@
   `tag_column` choose others), a blank line between sentences, `-DOCSTART-`
   lines skipped.
 - "squad" (`.json`): the SQuAD v1.1/v2.0 JSON layout. v2.0 questions
-  (`is_impossible`, or no answers) are recognised by themselves.
+  (`is_impossible`, or no answers) are recognised by themselves. Every answer's
+  text must be the context's text at its `answer_start`.
 
 Every error names the file and line (or JSON path) and says how to fix it. Bytes
-that are not UTF-8 are replaced and counted, not fatal.
+that are not UTF-8 are replaced and counted, not fatal; a file that is clearly not
+text (NUL bytes, mostly undecodable) is refused. An empty label is an error.
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ def _read_text(file: str) -> str:
       raw = f.read()
   except FileNotFoundError:
     raise UserError(f"{file}: no such file") from None
+  problem = utf8.binary_problem(file)
+  if problem:
+    raise UserError(f"{file} is not a text file: {problem}")
   # utf-8-sig: GLUE's MRPC files start with a byte order mark.
   text, bad = utf8.decode(raw, "utf-8-sig")
   utf8.warn_undecodable(file, bad)
@@ -108,6 +113,9 @@ def _parse_table(file, fmt, split, options, label_names) -> LocalSource:
   examples = []
   for line, row in rows:
     label = row.get("label")
+    if label is not None and not label.strip():
+      raise UserError(f"{file}:{line}: the label is empty; give every row a label (a file "
+                      "without a label column is read as unlabeled)")
     if label is None:
       value = float("nan") if kind == "regression" else -1
     elif kind == "regression":
@@ -181,6 +189,19 @@ def _field(obj, key, kind, file, where):
   return obj[key]
 
 
+def _check_answer(context: str, text: str, start: int, file: str, where: str,
+                  qid: str) -> None:
+  """UserError unless `text` is the context at `start`: training would otherwise point
+  at a span the data did not give."""
+  if text and start >= 0 and context[start:start + len(text)] == text:
+    return
+  found = context[start:start + len(text)] if start >= 0 else ""
+  raise UserError(f"{file}: {where} of question id {qid!r}: answer text {text!r} is not at "
+                  f"answer_start={start} (the context, {len(context)} characters, has "
+                  f"{found!r} there); fix answer_start (a character offset into the "
+                  "context) or the text")
+
+
 def _parse_squad(file, fmt, split, options, label_names) -> LocalSource:
   del options, label_names
   try:
@@ -205,6 +226,9 @@ def _parse_squad(file, fmt, split, options, label_names) -> LocalSource:
           texts.append(_field(ans, "text", str, file, f"{qwhere}.answers[{n}]"))
           starts.append(_field(ans, "answer_start", int, file, f"{qwhere}.answers[{n}]"))
         impossible = bool(qa.get("is_impossible", False)) or not texts
+        for n, (text, start) in enumerate(zip(texts, starts)):
+          if not impossible:
+            _check_answer(context, text, start, file, f"{qwhere}.answers[{n}]", qid)
         version_2 |= impossible
         examples.append({"id": qid, "title": str(title), "context": context,
                          "question": question, "is_impossible": impossible,
