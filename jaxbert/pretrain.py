@@ -53,7 +53,7 @@ def prepare_tokenizer(config: ConfigDict, workdir: str) -> tok_lib.Tokenizer:
       _documents(config, workdir), max_sentences=tcfg.train_sentences, seed=config.train.seed)
   return tok_lib.train_sentencepiece(sentences, cached, vocab_size=tcfg.vocab_size,
                                      model_type=tcfg.model_type, lowercase=tcfg.lowercase,
-                                     seed=config.train.seed)
+                                     seed=config.train.seed, source=config.data.corpus)
 
 
 def _documents(config: ConfigDict, workdir: str):
