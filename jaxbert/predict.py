@@ -81,14 +81,18 @@ def _header(path: str, fmt: str) -> list[str]:
   return [c.strip().strip('"') for c in first.split("\t" if fmt == "tsv" else ",")]
 
 
+def text_columns(task: RunTask) -> list[str]:
+  """The names of the task's text columns: a local task's column options (text, text_pair
+  by default), a tfds task's field names (as in the GLUE files)."""
+  opts = task.file_options
+  names = ([opts.get("text_column", "text"), opts.get("text_pair_column", "text_pair")]
+           if task.local else list(task.spec.text_fields))
+  return names[:len(task.spec.text_fields)]
+
+
 def _table(path: str, fmt: str, task: RunTask) -> list[dict]:
   """Rows of a TSV/CSV, read by the run's own table parser, as {"texts": (...)}."""
-  spec, opts = task.spec, task.file_options
-  if task.local:  # a local task: its column options
-    names = [opts.get("text_column", "text"), opts.get("text_pair_column", "text_pair")]
-  else:  # a tfds task: the dataset's field names, as in the GLUE files
-    names = list(spec.text_fields)
-  names = names[:len(spec.text_fields)]
+  names = text_columns(task)
   header = _header(path, fmt)
   missing = [n for n in names if n not in header]
   if missing:
@@ -221,11 +225,12 @@ def model_outputs(model, params, data: TaskData, batch_size: int,
   return outputs
 
 
-def _records(data: TaskData, rows: list[dict], decoded: list[dict]) -> list[dict]:
+def _records(data: TaskData, rows: list[dict], decoded: list[dict],
+             columns: list[str]) -> list[dict]:
   spec, out = data.spec, []
   for i, (row, d) in enumerate(zip(rows, decoded)):
     if spec.kind in ("classification", "regression"):
-      rec = {"index": i, **dict(zip(spec.text_fields, row["texts"]))}
+      rec = {"index": i, **dict(zip(columns, row["texts"]))}
       if spec.kind == "classification":
         rec["prediction"] = spec.label_names[d["prediction"]]
         rec["probabilities"] = dict(zip(spec.label_names, d["probabilities"]))
@@ -271,7 +276,7 @@ def predict_file(checkpoint: str, input_file: str, output_file: str, *,
     raise UserError(f"--checkpoint {checkpoint}: its head has {width} outputs but the task "
                     f"{task.name} has {spec_width(task)}; was the task's data changed since?")
   outputs = model_outputs(model, ckpt.params, data, batch_size or task.batch_size, progress)
-  records = _records(data, rows, scoring.decode_predictions(data, outputs))
+  records = _records(data, rows, scoring.decode_predictions(data, outputs), text_columns(task))
   truncated = int(data.counts.get("truncated", 0) + data.counts.get("questions_truncated", 0))
   if truncated:
     log.warning("%s: %d inputs were longer than the run's max_seq_len=%d pieces and were "

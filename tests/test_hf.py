@@ -23,6 +23,7 @@ from jaxbert import model as model_lib
 from jaxbert.checkpoint import load_bundle
 from jaxbert.errors import UserError
 from jaxbert.hf import export_hf, import_hf
+from jaxbert.tokenizer import load_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -207,6 +208,12 @@ def test_export_pretraining_run(reference_run, tmp_path):
   key = params[("bert", "encoder", "layer_1", "attention", "key", "kernel")]
   np.testing.assert_array_equal(exported["bert.encoder.layer.1.attention.self.key.weight"], key.T)
   np.testing.assert_array_equal(exported["cls.predictions.bias"], params[("mlm", "bias")])
+  # The run's SentencePiece model loads in transformers as a tokenizer giving jaxbert's ids.
+  transformers = pytest.importorskip("transformers")
+  hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "export"))
+  tok = load_tokenizer(os.path.join(workdir, "tokenizer"))
+  for text in ("The Kalo sat, 42 times.", "Ünïcödé ﬁ 🙂"):
+    assert hf(text)["input_ids"] == [tok.cls_id] + tok.encode(text) + [tok.sep_id]
 
 
 # --- transformers parity (optional peers) -------------------------------------------

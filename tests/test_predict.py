@@ -203,3 +203,24 @@ def test_qa_equals_evaluation_and_reads_json_lines(runs, tmp_path):
   bad = _write(str(tmp_path / "bad.jsonl"), '{"question": "q"}\n')
   with pytest.raises(UserError, match=r"bad.jsonl:1: needs the text field\(s\) \['context'\]"):
     predict_file(workdir, bad, str(tmp_path / "o.jsonl"), progress=False)
+
+
+def test_export_carries_label_names_and_transformers_pipeline_agrees(runs, tmp_path):
+  """export-hf of the sentencepiece-tokenized run: config.json names the task's labels, and
+  transformers' text-classification pipeline labels the dev pairs as jaxbert predict does."""
+  transformers = pytest.importorskip("transformers")
+  pytest.importorskip("torch")
+  from jaxbert.hf import export_hf
+  workdir, task = runs("pair")
+  out = str(tmp_path / "export")
+  export_hf(workdir, out)
+  config = json.load(open(os.path.join(out, "config.json")))
+  assert config["id2label"] == {"0": "other", "1": "same"}
+  assert config["label2id"] == {"other": 0, "same": 1}
+  ours = _lines(predict_file(workdir, os.path.join(task, "dev.tsv"), str(tmp_path / "p.jsonl"),
+                             progress=False).output)
+  pipe = transformers.pipeline("text-classification", model=out, device="cpu")
+  theirs = pipe([{"text": r["first"], "text_pair": r["second"]} for r in ours])
+  assert [t["label"] for t in theirs] == [r["prediction"] for r in ours]
+  np.testing.assert_allclose([t["score"] for t in theirs],
+                             [r["probabilities"][r["prediction"]] for r in ours], atol=1e-4)

@@ -6,6 +6,7 @@ import dataclasses
 import os
 
 import numpy as np
+import tokenizers
 from flax import traverse_util
 from safetensors import numpy as st_numpy
 
@@ -14,7 +15,9 @@ from jaxbert.errors import UserError
 from jaxbert.handover import read_checkpoint
 from jaxbert.hf.names import (HEAD_DESCRIPTIONS, ARCHITECTURES, HF_CONFIG, SAFETENSORS_FILE,
                               config_to_hf, encoder_tensors, head_tensors, pooler_tensors)
+from jaxbert.hf.spm_convert import spm_to_tokenizers, template
 from jaxbert.model import BertConfig
+from jaxbert.run_task import run_task, run_workdir
 
 
 @dataclasses.dataclass
@@ -101,10 +104,9 @@ def export_hf(checkpoint: str, out_dir: str, architecture: str | None = None,
   with new_directory(out_dir, overwrite) as tmp:
     hf_config = {"architectures": [arch], **config_to_hf(cfg),
                  "pad_token_id": int(ckpt.tokenizer.pad_id)}
+    notes = []
     if "classifier" in arch_heads:
-      id2label = ckpt.extra.get("id2label") or {}
-      if len(id2label) != num_labels:
-        id2label = {str(i): f"LABEL_{i}" for i in range(num_labels)}
+      id2label = _label_names(checkpoint, ckpt, num_labels, notes)
       hf_config["id2label"] = id2label
       hf_config["label2id"] = {v: int(k) for k, v in id2label.items()}
       if arch == "BertForSequenceClassification" and num_labels == 1:
@@ -113,35 +115,57 @@ def export_hf(checkpoint: str, out_dir: str, architecture: str | None = None,
     # save() + open() rather than save_file(), which creates the file readable by its owner only.
     with open(os.path.join(tmp, SAFETENSORS_FILE), "wb") as f:
       f.write(st_numpy.save(tensors, metadata={"format": "pt"}))
-    notes = _export_tokenizer(ckpt.tokenizer, tmp, cfg)
+    notes += _export_tokenizer(ckpt.tokenizer, tmp, cfg)
   return ExportReport(source=ckpt.description, out_dir=out_dir, architecture=arch,
                       num_tensors=len(tensors),
                       num_parameters=int(sum(t.size for t in tensors.values())),
                       dropped=dropped, notes=notes)
 
 
+def _label_names(checkpoint: str, ckpt, num_labels: int, notes: list[str]) -> dict[str, str]:
+  """id2label for config.json: the fine-tuned task's label names (a bundle's own, from
+  import-hf), else LABEL_i with a note saying why."""
+  id2label = ckpt.extra.get("id2label") or {}
+  workdir = run_workdir(checkpoint)
+  if workdir is not None:
+    try:
+      spec = run_task(workdir, ckpt.tokenizer, key="checkpoint").spec
+      id2label = {str(i): name for i, name in enumerate(spec.label_names)}
+    except UserError as e:
+      notes.append(f"label names are LABEL_0..LABEL_{num_labels - 1}: {e}")
+      return {str(i): f"LABEL_{i}" for i in range(num_labels)}
+  if len(id2label) != num_labels:
+    id2label = {str(i): f"LABEL_{i}" for i in range(num_labels)}
+  return id2label
+
+
 def _export_tokenizer(tokenizer, out_dir: str, cfg: BertConfig) -> list[str]:
-  """Writes the vocabulary; returns notes for the report."""
+  """Writes the tokenizer: its own files, plus a tokenizer.json with BERT's [CLS] A [SEP]
+  B [SEP] template and a tokenizer_config.json, so that transformers' AutoTokenizer gives
+  the ids jaxbert gives (a SentencePiece model is rebuilt with `tokenizers`, see
+  spm_convert). Returns notes for the report."""
   from jaxbert import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
   tokenizer.save(out_dir)
-  if not isinstance(tokenizer, tok_lib.WordPieceTokenizer):
-    return [f"the tokenizer is SentencePiece ({tok_lib.SPM_MODEL_FILE} written): Hugging Face's "
-            "BertTokenizer cannot read it, so tokenize with the sentencepiece library and add "
-            f"[CLS]={tokenizer.cls_id} / [SEP]={tokenizer.sep_id} yourself; the weights load "
-            "normally"]
-  # Our tokenizer.json adds no specials (jaxbert places them); Hugging Face expects the
-  # [CLS] A [SEP] B [SEP] template in the file.
-  import tokenizers  # pylint: disable=g-import-not-at-top
-  from tokenizers import processors  # pylint: disable=g-import-not-at-top
   path = os.path.join(out_dir, tok_lib.HF_TOKENIZER_FILE)
-  tok = tokenizers.Tokenizer.from_file(path)
-  cls_, sep = tok_lib.CLS, tok_lib.SEP
-  tok.post_processor = processors.TemplateProcessing(
-      single=f"{cls_}:0 $A:0 {sep}:0", pair=f"{cls_}:0 $A:0 {sep}:0 $B:1 {sep}:1",
-      special_tokens=[(cls_, tokenizer.cls_id), (sep, tokenizer.sep_id)])
+  specials = [tok_lib.PAD, tok_lib.UNK, tok_lib.CLS, tok_lib.SEP, tok_lib.MASK]
+  if isinstance(tokenizer, tok_lib.WordPieceTokenizer):
+    tok = tokenizers.Tokenizer.from_file(path)
+    tok.post_processor = template(tok_lib.CLS, tokenizer.cls_id, tok_lib.SEP, tokenizer.sep_id)
+    tok_class, notes = "BertTokenizer", []
+  else:
+    with open(os.path.join(out_dir, tok_lib.SPM_MODEL_FILE), "rb") as f:
+      tok = spm_to_tokenizers(f.read(), tok_lib.CLS, tok_lib.SEP, specials)
+    # The generic fast tokenizer reads tokenizer.json as it is; BertTokenizer would
+    # rebuild a WordPiece from a vocab.txt this model does not have.
+    tok_class = "PreTrainedTokenizerFast"
+    notes = [f"tokenizer: SentencePiece {'lowercasing ' if tokenizer.lowercase else ''}model "
+             f"written as {tok_lib.HF_TOKENIZER_FILE} (AutoTokenizer loads it; "
+             f"{tok_lib.SPM_MODEL_FILE} is there too)"]
   tok.save(path)
   write_json_atomic(os.path.join(out_dir, tok_lib.HF_CONFIG_FILE), {
-      "tokenizer_class": "BertTokenizer", "do_lower_case": bool(tokenizer.lowercase),
+      "tokenizer_class": tok_class, "do_lower_case": bool(tokenizer.lowercase),
       "model_max_length": cfg.max_position_embeddings, "unk_token": tok_lib.UNK,
-      "sep_token": sep, "pad_token": tok_lib.PAD, "cls_token": cls_, "mask_token": tok_lib.MASK})
-  return []
+      "sep_token": tok_lib.SEP, "pad_token": tok_lib.PAD, "cls_token": tok_lib.CLS,
+      "mask_token": tok_lib.MASK, "clean_up_tokenization_spaces": False,
+      "model_input_names": ["input_ids", "token_type_ids", "attention_mask"]})
+  return notes
