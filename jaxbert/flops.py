@@ -37,9 +37,19 @@ def finetune_flops_per_sequence(cfg: BertConfig, seq_len: int, head_outputs: int
   return 3.0 * (encoder_forward_flops(cfg, seq_len) + 2 * seq_len * cfg.hidden_size * head_outputs)
 
 
+def peak_label(dtype) -> str:
+  """How `measure_matmul_peak(dtype)` multiplies, for tables: the peak an MFU is against."""
+  dtype = jnp.dtype(dtype)
+  return "float32" if dtype == jnp.float32 else f"{dtype.name} x {dtype.name} -> float32"
+
+
 def measure_matmul_peak(dtype=jnp.float32, n: int | None = None, repeats: int = 5,
                         chain: int = 4) -> float:
   """FLOP/s of n x n matmuls on the default device: the best of `repeats` timings.
+
+  In a dtype narrower than float32 (bfloat16) the operands are in that dtype and the
+  products accumulate in float32, as the model computes them (layers.mixed_einsum);
+  a bfloat16-result product is a different (on XLA:CPU, several times slower) kernel.
 
   Each timing runs `chain` dependent products inside one jitted call, so dispatch
   and synchronisation are paid once per `chain` products (it matters on GPUs,
@@ -50,11 +60,7 @@ def measure_matmul_peak(dtype=jnp.float32, n: int | None = None, repeats: int = 
   if n is None:
     n = 2048 if jax.default_backend() == "cpu" else 8192
   a = (jax.random.normal(jax.random.key(0), (n, n), jnp.float32) / n ** 0.5).astype(dtype)
-
-  @jax.jit
-  def products(x, m):
-    return jax.lax.fori_loop(0, chain, lambda _, y: y @ m, x)
-
+  products = matmul_chain(dtype, chain)
   products(a, a).block_until_ready()
   best = float("inf")
   for _ in range(repeats):
@@ -62,3 +68,12 @@ def measure_matmul_peak(dtype=jnp.float32, n: int | None = None, repeats: int = 
     products(a, a).block_until_ready()
     best = min(best, time.perf_counter() - t)
   return chain * 2 * n ** 3 / best
+
+
+def matmul_chain(dtype, chain: int):
+  """jit of x -> x @ m, `chain` times: products of `dtype` operands accumulating in float32."""
+
+  def product(y, m):
+    return jnp.dot(y, m, preferred_element_type=jnp.float32).astype(dtype)
+
+  return jax.jit(lambda x, m: jax.lax.fori_loop(0, chain, lambda _, y: product(y, m), x))

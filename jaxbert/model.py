@@ -3,6 +3,11 @@
 Parameter names follow the Hugging Face layout (`bert/encoder/layer_3/attention/query/...`)
 so that checkpoint conversion is a transpose, not a translation table. Parameters are
 float32; `BertConfig.dtype` sets the computation dtype.
+
+With dtype "bfloat16" every matrix product (dense layers, the two attention products, the
+tied decoder) multiplies bfloat16 operands with float32 accumulation and a float32 result,
+backward products included (layers.mixed_einsum); embedding sums, softmax, LayerNorm and
+the losses are float32, and LayerNorm hands bfloat16 to the products that follow it.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxbert.dropout import Dropout
-from jaxbert.layers import RowDense, add_bias, gelu
+from jaxbert.layers import RowDense, add_bias, gelu, is_narrow, mixed_einsum
 
 Array = jax.Array
 
@@ -105,6 +110,13 @@ def _layer_norm(cfg: BertConfig, name: str = "LayerNorm") -> nn.LayerNorm:
                       param_dtype=jnp.float32, name=name)
 
 
+def _einsum(cfg: BertConfig, spec: str, a: Array, b: Array) -> Array:
+  """A product in the model's dtype: float32 as jnp.einsum, bfloat16 with float32 accumulation."""
+  if is_narrow(cfg.compute_dtype):
+    return mixed_einsum(spec, a, b, cfg.compute_dtype)
+  return jnp.einsum(spec, a, b)
+
+
 def attention_mask_from_segments(segments: Array) -> Array:
   """Boolean (B, 1, T, T) mask from per-token document ids (0 = padding).
 
@@ -152,15 +164,17 @@ class _Attention(nn.Module):
     # (B, T, hidden) -> (B, T, heads, head_dim)
     q, k, v = (_dense(cfg, cfg.hidden_size, n)(x).reshape(b, t, cfg.num_heads, head_dim)
                for n in ("query", "key", "value"))
-    if deterministic or cfg.attention_dropout == 0.0:
+    fused = deterministic or cfg.attention_dropout == 0.0
+    if fused and not is_narrow(cfg.compute_dtype):
       ctx = jax.nn.dot_product_attention(q, k, v, mask=mask)
     else:
-      # jax.nn.dot_product_attention has no dropout on the probabilities; BERT has it.
-      logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(head_dim)
+      # jax.nn.dot_product_attention has no dropout on the probabilities, which BERT has,
+      # and in bfloat16 its second product has a bfloat16 result (slow on CPU).
+      logits = _einsum(cfg, "bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(head_dim)
       logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
       probs = jax.nn.softmax(logits, axis=-1).astype(cfg.compute_dtype)
-      probs = Dropout(cfg.attention_dropout)(probs, deterministic=False)
-      ctx = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+      probs = Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
+      ctx = _einsum(cfg, "bhqk,bkhd->bqhd", probs, v)
     ctx = ctx.reshape(b, t, cfg.hidden_size)  # (B, T, heads, head_dim) -> (B, T, hidden)
     return _Output(cfg, name="output")(ctx, x, deterministic)
 
@@ -185,8 +199,10 @@ class BertEmbeddings(nn.Module):
   def setup(self):
     cfg = self.cfg
     init = nn.initializers.normal(cfg.initializer_range)
+    # Lookups and their sum in float32 (a bfloat16 Embed would round the whole table
+    # every step); the LayerNorm after them outputs the computation dtype.
     embed = lambda n, name: nn.Embed(n, cfg.hidden_size, embedding_init=init,
-                                     dtype=cfg.compute_dtype, param_dtype=jnp.float32, name=name)
+                                     dtype=jnp.float32, param_dtype=jnp.float32, name=name)
     self.word_embeddings = embed(cfg.vocab_size, "word_embeddings")
     self.position_embeddings = embed(cfg.max_position_embeddings, "position_embeddings")
     self.token_type_embeddings = embed(cfg.type_vocab_size, "token_type_embeddings")
@@ -253,7 +269,12 @@ class BertModel(nn.Module):
     Rows flattened as in RowDense: the embedding gradient then needs no transposed copy of
     the (positions, vocabulary) logit gradient.
     """
-    logits = self.embeddings.word_embeddings.attend(x.reshape(-1, x.shape[-1]))  # (N, V)
+    rows = x.reshape(-1, x.shape[-1])  # (..., H) -> (N, H)
+    table = self.embeddings.word_embeddings
+    if is_narrow(self.cfg.compute_dtype):
+      logits = mixed_einsum("nh,vh->nv", rows, table.embedding, self.cfg.compute_dtype)
+    else:
+      logits = table.attend(rows)  # (N, V)
     return logits.reshape(*x.shape[:-1], logits.shape[-1])
 
 
@@ -319,6 +340,7 @@ class BertForSequenceClassification(nn.Module):
   def __call__(self, batch, *, deterministic: bool = True):
     seq, pooled = _encode(BertModel(self.cfg, name="bert"), batch, deterministic)
     if self.pooling == "mean":
+      seq = seq.astype(jnp.float32)  # the sum over T pieces in float32
       real = batch["attention_mask"][..., None].astype(seq.dtype)  # (B, T, 1)
       pooled = (seq * real).sum(1) / jnp.maximum(real.sum(1), 1)
     pooled = Dropout(self.cfg.hidden_dropout)(pooled, deterministic=deterministic)
