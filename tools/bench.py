@@ -22,9 +22,10 @@ What runs. Each runner is one pre-training train step, built once and then timed
 Both sides start every step from numpy batches, as the trainers do.
 
 How it measures. The matmul peak (the larger of jnp.dot and torch.mm on square
-matrices, in the run's dtype) is measured first. Runners then run in rounds, a
-block of steps each, in rotating order, so machine drift hits all alike; step
-time is the median over all timed steps (--steps, at least 10), and a ratio
+matrices, in the run's dtype; with --dtype bfloat16, jnp.dot of bfloat16 operands
+accumulating in float32, as the model multiplies) is measured first. Runners then
+run in rounds, a block of steps each, in rotating order, so machine drift hits all
+alike; step time is the median over all timed steps (--steps, at least 10), and a ratio
 between two runners is the median of their per-round ratios. MFU is model FLOPs
 per second over the measured peak, with the FLOPs of `jaxbert.flops`
 (2 per multiply-add, backward = 2 x forward, MLM decoder at the P masked
@@ -422,7 +423,8 @@ def main(argv=None):
           f"transformers {transformers.__version__}", end="")
   print()
   peak, rates = matmul_peak(args.dtype, args.peer == "hf-torch", device)
-  print(f"matmul peak ({args.dtype}): {peak / 1e9:.1f} GFLOP/s  ("
+  peak_kind = flops_lib.peak_label(args.dtype)
+  print(f"matmul peak ({peak_kind}): {peak / 1e9:.1f} GFLOP/s  ("
         + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in rates.items()) + ")")
 
   examples = make_examples(args)
@@ -467,13 +469,15 @@ def main(argv=None):
     for k, v in again_rates.items():
       rates[k] = max(rates[k], v)
   run_rounds(runners, args.steps, args.rounds, remeasure)
-  print(f"matmul peak, best of the start and {args.rounds} rounds: {peak / 1e9:.1f} GFLOP/s")
+  print(f"matmul peak ({peak_kind}), best of the start and {args.rounds} rounds: "
+        f"{peak / 1e9:.1f} GFLOP/s")
 
   model_flops = args.batch * flops_lib.pretraining_flops_per_sequence(
       model_config(args, {}), args.seq_len, args.predictions)
   print(f"\nmodel FLOPs per step {model_flops / 1e9:.1f} G (forward + backward, MLM at "
         f"{args.predictions} positions); median of {len(runners[0].times)} steps per runner, "
-        f"{args.rounds} alternating rounds")
+        f"{args.rounds} alternating rounds; MFU and exec % against the {peak_kind} peak "
+        f"{peak / 1e9:.1f} GFLOP/s")
   hdr = (f"{'runner':34s} {'tok/s':>8s} {'real tok/s':>10s} {'step ms':>8s} {'IQR ms':>7s} "
          f"{'compile s':>9s} {'MFU %':>6s} {'exec %':>6s} {'memory':>14s} {'loss':>6s}")
   print(hdr)
@@ -490,7 +494,8 @@ def main(argv=None):
   print(f"process maxrss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MB")
   results = {"preset": args.preset, "batch": args.batch, "seq_len": args.seq_len,
              "dtype": args.dtype, "predictions": args.predictions, "vocab_size": args.vocab_size,
-             "device": jax.devices()[0].device_kind, "peak_flops": peak, "peak_by_library": rates,
+             "device": jax.devices()[0].device_kind, "peak_flops": peak, "peak_dtype": peak_kind,
+             "peak_by_library": rates,
              "model_flops_per_step": model_flops, "runners": []}
   for r in runners:
     med = statistics.median(r.times)
