@@ -6,7 +6,7 @@
   jaxbert import-hf SRC --out BUNDLE
   jaxbert export-hf CKPT --out DIR
   jaxbert embed     --checkpoint BUNDLE --input FILE.txt --output FILE.npy [--pooling mean]
-  jaxbert predict   --checkpoint RUN --input FILE --output preds.jsonl
+  jaxbert predict   --checkpoint RUN --input FILE (or --split NAME) --output preds.jsonl
   jaxbert demo      [--workdir W]     pre-train then fine-tune on an embedded corpus
 
 A user mistake prints one line and exits with status 2; no traceback. In a
@@ -24,8 +24,8 @@ import sys
 
 def _train_command(args, overrides) -> int:
   from jaxbert import config as config_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.load(args.config, overrides)  # a config mistake is reported first
   from jaxbert.run import run  # pylint: disable=g-import-not-at-top
-  config = config_lib.load(args.config, overrides)
   if config.get("task") != args.command:
     from jaxbert.errors import UserError  # pylint: disable=g-import-not-at-top
     raise UserError(f"{args.config} is a {config.get('task')!r} config; use `jaxbert {config.get('task')}`")
@@ -78,8 +78,9 @@ def _embed(args, overrides) -> int:
 def _predict(args, overrides) -> int:
   del overrides
   from jaxbert.predict import predict_file  # pylint: disable=g-import-not-at-top
-  print(predict_file(args.checkpoint, args.input, args.output, input_fmt=args.format,
-                     batch_size=args.batch_size, pretokenized=args.pretokenized))
+  print(predict_file(args.checkpoint, args.input, args.output, split=args.split,
+                     input_fmt=args.format, batch_size=args.batch_size,
+                     pretokenized=args.pretokenized))
   return 0
 
 
@@ -133,7 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
                   "SQuAD JSON or JSON lines with question and context (QA).")
   s.add_argument("--checkpoint", required=True,
                  help="a fine-tuning workdir (its newest checkpoint) or its checkpoints/<step>")
-  s.add_argument("--input", required=True)
+  source = s.add_mutually_exclusive_group(required=True)
+  source.add_argument("--input", help="the file of examples to predict")
+  source.add_argument("--split", help="instead, a split of the run's own task (tfds or local "
+                                      "files), e.g. validation or test")
   s.add_argument("--output", required=True, help="the JSON lines file to write")
   s.add_argument("--format", default=None, choices=("tsv", "csv", "text", "conll", "squad", "jsonl"),
                  help="input format (default: from the extension; anything else is text)")

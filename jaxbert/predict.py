@@ -8,6 +8,8 @@ Inputs by task kind (the format from the extension, or `input_format`):
   NER: a text file, one sentence per line, split into words at spaces and punctuation
     (`pretokenized`: at whitespace only), or a CoNLL file (word first on each line);
   QA: SQuAD JSON, or JSON lines with "question" and "context" (and optionally "id").
+Or `split`: a split of the run's own task (tfds or its local files: "validation", "test"),
+read exactly as the run's evaluation reads its split.
 Each example is encoded by the same functions as the run's data (`jaxbert.data.encoding`,
 `jaxbert.data.qa`), run through the jitted model in fixed-shape batches (the run's
 max_seq_len and batch size, so the numbers equal those its evaluation computed) and
@@ -34,7 +36,7 @@ from jaxbert.embed import read_lines
 from jaxbert.errors import UserError
 from jaxbert.metrics import iob2_entities
 from jaxbert.progress import progress_bar
-from jaxbert.run_task import RunTask, run_task, run_workdir
+from jaxbert.run_task import RunTask, load_run_split, run_task, run_workdir
 
 log = logging.getLogger("jaxbert")
 
@@ -130,15 +132,34 @@ def _sentences(path: str, fmt: str, task: RunTask, pretokenized: bool) -> list[d
             if k in task.file_options}
     sentences = [ex["tokens"] for ex in PARSERS["conll"](path, "conll", "predict", opts,
                                                          None).examples]
-    lines = [" ".join(words) for words in sentences]
+    return [_joined(words) for words in sentences]
   else:
     lines, _ = read_lines(path)
   out = []
   for line in lines:
-    found = re.finditer(r"\S+" if pretokenized or fmt == "conll" else _WORD, line)
+    found = re.finditer(r"\S+" if pretokenized else _WORD, line)
     spans = [(m.start(), m.end()) for m in found]
     out.append({"tokens": [line[a:b] for a, b in spans], "text": line, "spans": spans})
   return out
+
+
+def _joined(words: list[str]) -> dict:
+  """A sentence given as words, as its text with single spaces between them."""
+  spans, at = [], 0
+  for w in words:
+    spans.append((at, at + len(w)))
+    at += len(w) + 1
+  return {"tokens": list(words), "text": " ".join(words), "spans": spans}
+
+
+def split_rows(data: TaskData) -> list[dict]:
+  """The examples of a split of the run's task, as `read_inputs` gives a file's."""
+  kind = data.spec.kind
+  if kind in ("classification", "regression"):
+    return [{"texts": ex["texts"]} for ex in data.examples]
+  if kind == "token_classification":
+    return [_joined(ex["tokens"]) for ex in data.examples]
+  return data.examples
 
 
 def _questions(path: str, fmt: str) -> list[dict]:
@@ -251,10 +272,12 @@ def _records(data: TaskData, rows: list[dict], decoded: list[dict],
   return out
 
 
-def predict_file(checkpoint: str, input_file: str, output_file: str, *,
-                 input_fmt: str | None = None, batch_size: int | None = None,
-                 pretokenized: bool = False, progress: bool = True) -> PredictReport:
-  """Writes the fine-tuned `checkpoint`'s prediction for every example of `input_file`."""
+def predict_file(checkpoint: str, input_file: str | None, output_file: str, *,
+                 split: str | None = None, input_fmt: str | None = None,
+                 batch_size: int | None = None, pretokenized: bool = False,
+                 progress: bool = True) -> PredictReport:
+  """Writes the fine-tuned `checkpoint`'s prediction for every example of `input_file`, or
+  of split `split` of the run's own task (read as its evaluation reads a split)."""
   from jaxbert.handover import read_checkpoint  # pylint: disable=g-import-not-at-top
   if not os.path.exists(checkpoint):
     raise UserError(f"--checkpoint {checkpoint}: no such file or directory")
@@ -263,12 +286,20 @@ def predict_file(checkpoint: str, input_file: str, output_file: str, *,
     raise UserError(f"--checkpoint {checkpoint}: give a fine-tuning run's workdir or one of its "
                     "checkpoints/<step> folders")
   ckpt = read_checkpoint(checkpoint, "--checkpoint")
-  task = run_task(workdir, ckpt.tokenizer)
-  fmt = input_format(input_file, input_fmt, task.spec.kind)
   if batch_size is not None and batch_size < 1:
     raise UserError(f"--batch-size must be positive, got {batch_size}")
-  rows = read_inputs(input_file, fmt, task, pretokenized)
-  data = encode(task, ckpt.tokenizer, rows)
+  if (input_file is None) == (split is None):
+    raise UserError("give either --input FILE or --split NAME (a split of the run's task)")
+  task = run_task(workdir, ckpt.tokenizer)
+  if split is not None:
+    data = load_run_split(workdir, task.config, split, ckpt.tokenizer)
+    rows = split_rows(data)
+    if not rows:
+      raise UserError(f"split {split!r} of {task.name} holds no examples")
+  else:
+    fmt = input_format(input_file, input_fmt, task.spec.kind)
+    rows = read_inputs(input_file, fmt, task, pretokenized)
+    data = encode(task, ckpt.tokenizer, rows)
   model = finetune.build_model(ckpt.config, task.spec, task.pooling)
   head = ckpt.params.get("classifier") or ckpt.params.get("qa_outputs") or {}
   width = np.shape(head.get("bias", ()))[0] if head else 0
@@ -280,7 +311,7 @@ def predict_file(checkpoint: str, input_file: str, output_file: str, *,
   truncated = int(data.counts.get("truncated", 0) + data.counts.get("questions_truncated", 0))
   if truncated:
     log.warning("%s: %d inputs were longer than the run's max_seq_len=%d pieces and were "
-                "truncated", input_file, truncated, task.max_seq_len)
+                "truncated", input_file or split, truncated, task.max_seq_len)
   output_file = os.path.abspath(output_file)
   os.makedirs(os.path.dirname(output_file), exist_ok=True)
   tmp = output_file + ".tmp"

@@ -53,11 +53,34 @@ class RunTask:
   pooling: str
   name: str               # config.data.task
   local: bool             # the user's own files, not a tfds dataset
+  config: ConfigDict      # the run's config.json
 
 
 def _first_example(split: str) -> str:
   """`split` narrowed to its first example ("validation" -> "validation[:1]")."""
   return re.sub(r"\[[^\]]*\]$", "", split) + "[:1]"
+
+
+def _options(d: ConfigDict) -> dict:
+  return {**d.get("options", ConfigDict()).to_dict(), **d.get("eval_options", ConfigDict()).to_dict()}
+
+
+def load_run_split(workdir: str, config: ConfigDict, split: str, tokenizer,
+                   key: str = "--checkpoint") -> tasks_lib.TaskData:
+  """Split `split` of the run's task, read and encoded as the run's evaluation read its split
+  (config.data's task, data_dir, max_seq_len, options and eval_options)."""
+  d = config.data
+  local = d.task not in tasks_lib.TFDS_TASKS
+  prepared = os.path.join(workdir, "tfds")
+  with tempfile.TemporaryDirectory(prefix="jaxbert-task-") as tmp:
+    data_dir = d.get("data_dir") or ((prepared if os.path.isdir(prepared) else tmp)
+                                     if local else None)
+    try:
+      return tasks_lib.load_task(d.task, split=split, tokenizer=tokenizer,
+                                 max_seq_len=d.max_seq_len, data_dir=data_dir, **_options(d))
+    except UserError as e:
+      raise UserError(f"{key}={workdir}: cannot read split {split!r} of the task {d.task!r} "
+                      f"the run was fine-tuned on ({e})") from None
 
 
 def run_task(workdir: str, tokenizer, key: str = "--checkpoint") -> RunTask:
@@ -72,21 +95,11 @@ def run_task(workdir: str, tokenizer, key: str = "--checkpoint") -> RunTask:
     raise UserError(f"{key}={workdir} is a {config.get('task')!r} run; this needs a "
                     "fine-tuned checkpoint (jaxbert finetune)")
   d = config.data
-  options = {**d.get("options", ConfigDict()).to_dict(),
-             **d.get("eval_options", ConfigDict()).to_dict()}
   local = d.task not in tasks_lib.TFDS_TASKS
-  prepared = os.path.join(workdir, "tfds")
-  with tempfile.TemporaryDirectory(prefix="jaxbert-task-") as tmp:
-    data_dir = d.get("data_dir") or ((prepared if os.path.isdir(prepared) else tmp)
-                                     if local else None)
-    try:
-      data = tasks_lib.load_task(d.task, split=_first_example(d.eval_split), tokenizer=tokenizer,
-                                 max_seq_len=d.max_seq_len, data_dir=data_dir, **options)
-    except UserError as e:
-      raise UserError(f"{key}={workdir}: cannot read the task {d.task!r} the run was "
-                      f"fine-tuned on, which gives its label names and inputs ({e})") from None
+  data = load_run_split(workdir, config, _first_example(d.eval_split), tokenizer, key)
+  options = _options(d)
   file_options = {k: v for k, v in options.items() if k not in data.options} if local else {}
   return RunTask(spec=data.spec, options=data.options, file_options=file_options,
                  max_seq_len=int(d.max_seq_len), batch_size=int(config.train.batch_size),
                  pooling=config.get("head", ConfigDict()).get("pooling", "cls"), name=d.task,
-                 local=local)
+                 local=local, config=config)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from jaxbert import cli
+from jaxbert.data import scoring
 from jaxbert.errors import UserError
 from jaxbert.metrics import iob2_entities
 from jaxbert.predict import predict_file
@@ -124,6 +125,16 @@ def test_pair_classification_equals_evaluation_and_reads_text_lines(runs, tmp_pa
   lines = _write(str(tmp_path / "pairs.txt"), "".join(r.rsplit("\t", 1)[0] + "\n" for r in rows))
   report = predict_file(workdir, lines, str(tmp_path / "p2.jsonl"), progress=False)
   assert [g["prediction"] for g in _lines(report.output)] == [w["prediction"] for w in want]
+  # --split: the run's own dev split, and an unlabeled test file beside it.
+  assert cli.main(["predict", "--checkpoint", workdir, "--split", "dev", "--output",
+                   str(tmp_path / "dev.jsonl")]) == 0
+  assert _lines(str(tmp_path / "dev.jsonl")) == got
+  _write(os.path.join(task, "test.tsv"), "second\tfirst\n" + "".join(
+      "\t".join(r.split("\t")[1::-1]) + "\n" for r in rows))
+  test = _lines(predict_file(workdir, None, str(tmp_path / "t.jsonl"), split="test",
+                             progress=False).output)
+  assert [t["prediction"] for t in test] == [w["prediction"] for w in want]
+  assert test[0]["first"] == got[0]["first"] and test[0]["second"] == got[0]["second"]
   # A checkpoint step folder works as well as the workdir.
   step = max(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
   predict_file(os.path.join(workdir, "checkpoints", str(step)), lines, str(tmp_path / "p3.jsonl"),
@@ -165,6 +176,9 @@ def test_ner_equals_evaluation_and_gives_entity_offsets(runs, tmp_path):
   got, want = _lines(report.output), _lines(os.path.join(workdir, "predictions.jsonl"))
   assert [g["tags"] for g in got] == [w["prediction"] for w in want]
   assert [g["tokens"] for g in got] == [w["tokens"] for w in want]
+  split = _lines(predict_file(workdir, None, str(tmp_path / "s.jsonl"), split="dev",
+                              progress=False).output)
+  assert split == got
   # The same sentences as raw text lines: the same words, so the same tags; entities
   # carry character offsets into the line.
   path = _write(str(tmp_path / "raw.txt"), "".join(" ".join(w["tokens"]) + "\n" for w in want))
@@ -224,3 +238,38 @@ def test_export_carries_label_names_and_transformers_pipeline_agrees(runs, tmp_p
   assert [t["label"] for t in theirs] == [r["prediction"] for r in ours]
   np.testing.assert_allclose([t["score"] for t in theirs],
                              [r["probabilities"][r["prediction"]] for r in ours], atol=1e-4)
+
+
+class _SumModel:
+  """Stands in for a fine-tuned regression model: the output is the sum of the real ids."""
+
+  def apply(self, variables, batch, deterministic):
+    del variables, deterministic
+    return {"logits": (batch["input_ids"] * batch["attention_mask"]).sum(-1, keepdims=True) * 1.0}
+
+
+def test_regression_rows_batches_and_decoding(tmp_path):
+  """Every row predicted once, in input order, whatever the batch size; no probabilities."""
+  from jaxbert.data.tasks import TaskSpec
+  from jaxbert.predict import _records, encode, model_outputs, read_inputs
+  from jaxbert.run_task import RunTask
+  from task_fakes import FakeTokenizer
+  spec = TaskSpec(name="t", kind="regression", num_labels=1, label_names=(),
+                  text_fields=("text",), label_field="label", main_metric="spearman",
+                  higher_is_better=True, metrics=("spearman",))
+  task = RunTask(spec=spec, options={}, file_options={}, max_seq_len=8, batch_size=4,
+                 pooling="cls", name="t", local=True, config=None)
+  texts = ["a b c", "", "d", "e f g h i j k l m", "b", "c a"]
+  path = _write(str(tmp_path / "in.txt"), "\n".join(texts) + "\n")
+  tok = FakeTokenizer()
+  rows = read_inputs(path, "text", task)
+  data = encode(task, tok, rows)
+  assert data.counts["truncated"] == 1
+  want = data.arrays["input_ids"].sum(-1)
+  for batch_size in (1, 4, 5, 64):
+    out = model_outputs(_SumModel(), {}, data, batch_size, progress=False)
+    np.testing.assert_array_equal(out["predictions"], want)
+  records = _records(data, rows, scoring.decode_predictions(data, out), ["sentence"])
+  assert [r["sentence"] for r in records] == texts
+  assert [r["prediction"] for r in records] == want.tolist()
+  assert all("probabilities" not in r for r in records)
