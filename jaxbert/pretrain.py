@@ -29,6 +29,7 @@ from jaxbert.data import corpus as corpus_lib
 from jaxbert.data import sentences as sentences_lib
 from jaxbert.data.docstore import DocumentStore
 from jaxbert.data.packing import PackedExamples, packing_stats
+from jaxbert.data.workers import exit_with_parent
 from jaxbert.data.pretraining import (PretrainDataConfig, PretrainingExamples, batch_examples,
                                       split_heldout)
 from jaxbert.defaults import bert_config
@@ -119,7 +120,8 @@ def batch_iterator(source, num_workers: int) -> Iterator[dict[str, np.ndarray]]:
   if num_workers > 0:
     if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; we have none of our own
       flags.FLAGS.mark_as_parsed()
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers),
+                        worker_init_fn=exit_with_parent)
   return iter(ds)
 
 
