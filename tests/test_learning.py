@@ -124,7 +124,9 @@ def test_finetuning_loss_falls_and_dev_accuracy_beats_the_majority_class(learnin
 
 def test_kill_9_with_loader_worker_processes_resumes_bitwise(learning, lab, tmp_path):
   """Killed between checkpoints, the restart rebuilds the worker processes' position from
-  the step alone and ends bitwise equal to the uninterrupted run."""
+  the step alone and ends bitwise equal to the uninterrupted run. The killed run's workers
+  end with it (jaxbert/data/workers.py): orphans would keep its output open, and waiting
+  for the killed run would time out."""
   learned, overrides = learning
   workdir = str(tmp_path / "killed")
   killed = kr.run_child("pretrain", lab["pretrain_config"], workdir, env=lab["env"],
