@@ -6,7 +6,8 @@ Inputs by task kind (the format from the extension, or `input_format`):
     local task, e.g. `sentence1`/`sentence2` for glue/mrpc), or a text file with one text
     per line (a pair as `first<TAB>second`);
   NER: a text file, one sentence per line, split into words at spaces and punctuation
-    (`pretokenized`: at whitespace only), or a CoNLL file (word first on each line);
+    (`pretokenized`: at whitespace only), or a CoNLL file (word first on each line; a
+    .txt file in that layout, tags last, is read as CoNLL);
   QA: SQuAD JSON, or JSON lines with "question" and "context" (and optionally "id").
 Or `split`: a split of the run's own task (tfds or its local files: "validation", "test"),
 read exactly as the run's evaluation reads its split.
@@ -63,11 +64,24 @@ class PredictReport:
     return s + (f"; {self.truncated} inputs were truncated" if self.truncated else "")
 
 
+def _looks_like_conll(path: str) -> bool:
+  """Word-per-line columns ending in IOB tags (or -DOCSTART-), rather than sentences."""
+  try:
+    with open(path, encoding="utf-8", errors="replace") as f:
+      lines = [line.split() for line in f.read(1 << 16).splitlines() if line.strip()][:50]
+  except OSError:
+    return False
+  return bool(lines) and (lines[0][0] == "-DOCSTART-" or all(
+      len(cols) >= 2 and re.fullmatch(r"O|[BIES]-\S+", cols[-1]) for cols in lines))
+
+
 def input_format(path: str, fmt: str | None, kind: str) -> str:
   """The input's format: `fmt`, else from the extension (text otherwise), checked against the
   task kind."""
   if fmt is not None and fmt not in INPUT_FORMATS:
     raise UserError(f"--format {fmt!r} is not one of {list(INPUT_FORMATS)}")
+  if fmt is None and kind == "token_classification" and _looks_like_conll(path):
+    fmt = "conll"  # e.g. CoNLL-2003's own valid.txt
   fmt = fmt or _BY_EXTENSION.get(os.path.splitext(path)[1].lower(), "text")
   if fmt not in _FITS[kind]:
     raise UserError(f"--input {path}: a {fmt} file does not fit this {kind} task; give "
@@ -309,9 +323,13 @@ def predict_file(checkpoint: str, input_file: str | None, output_file: str, *,
   outputs = model_outputs(model, ckpt.params, data, batch_size or task.batch_size, progress)
   records = _records(data, rows, scoring.decode_predictions(data, outputs), text_columns(task))
   truncated = int(data.counts.get("truncated", 0) + data.counts.get("questions_truncated", 0))
-  if truncated:
+  if data.counts.get("truncated"):
     log.warning("%s: %d inputs were longer than the run's max_seq_len=%d pieces and were "
-                "truncated", input_file or split, truncated, task.max_seq_len)
+                "truncated", input_file or split, data.counts["truncated"], task.max_seq_len)
+  if data.counts.get("questions_truncated"):
+    log.warning("%s: %d questions were longer than the run's max_query_len=%s pieces and were "
+                "cut", input_file or split, data.counts["questions_truncated"],
+                task.options.get("max_query_len"))
   output_file = os.path.abspath(output_file)
   os.makedirs(os.path.dirname(output_file), exist_ok=True)
   tmp = output_file + ".tmp"

@@ -179,6 +179,9 @@ def test_ner_equals_evaluation_and_gives_entity_offsets(runs, tmp_path):
   split = _lines(predict_file(workdir, None, str(tmp_path / "s.jsonl"), split="dev",
                               progress=False).output)
   assert split == got
+  # A .txt file in CoNLL layout (as CoNLL-2003's valid.txt) is read as CoNLL.
+  txt = _write(str(tmp_path / "valid.txt"), open(os.path.join(task, "dev.conll")).read())
+  assert _lines(predict_file(workdir, txt, str(tmp_path / "v.jsonl"), progress=False).output) == got
   # The same sentences as raw text lines: the same words, so the same tags; entities
   # carry character offsets into the line.
   path = _write(str(tmp_path / "raw.txt"), "".join(" ".join(w["tokens"]) + "\n" for w in want))
