@@ -11,13 +11,12 @@ import logging
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.experimental import multihost_utils
 
 from jaxbert import flops as flops_lib
 from jaxbert import handover
+from jaxbert import heads
 from jaxbert import model as model_lib
 from jaxbert import sharding as shd
 from jaxbert.checkpoint import write_json_atomic
@@ -33,40 +32,8 @@ POOLINGS = ("cls", "mean")
 
 
 def build_model(cfg: model_lib.BertConfig, spec, pooling: str = "cls"):
-  if spec.kind == "classification":
-    return model_lib.BertForSequenceClassification(cfg, spec.num_labels, pooling)
-  if spec.kind == "regression":
-    return model_lib.BertForSequenceClassification(cfg, 1, pooling)
-  if spec.kind == "token_classification":
-    return model_lib.BertForTokenClassification(cfg, spec.num_labels)
-  if spec.kind == "qa":
-    return model_lib.BertForQuestionAnswering(cfg)
-  raise ValueError(f"unknown task kind {spec.kind!r}")
-
-
-def task_loss(kind: str, outputs, batch):
-  """(loss, metrics) for one task kind; every term is a mean over real targets."""
-  if kind == "classification":
-    logits, label = outputs["logits"], batch["label"]
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, label).mean()
-    return loss, {"accuracy": (logits.argmax(-1) == label).mean()}
-  if kind == "regression":
-    pred = outputs["logits"][:, 0]
-    loss = jnp.mean((pred - batch["label"]) ** 2)
-    return loss, {"mse": loss}
-  if kind == "token_classification":
-    w = batch["token_label_weights"]
-    ce = optax.softmax_cross_entropy_with_integer_labels(outputs["logits"], batch["token_labels"])
-    denom = jnp.maximum(w.sum(), 1.0)
-    acc = ((outputs["logits"].argmax(-1) == batch["token_labels"]) * w).sum() / denom
-    return (ce * w).sum() / denom, {"token_accuracy": acc}
-  if kind == "qa":
-    start = optax.softmax_cross_entropy_with_integer_labels(outputs["start_logits"],
-                                                            batch["start_positions"])
-    end = optax.softmax_cross_entropy_with_integer_labels(outputs["end_logits"],
-                                                          batch["end_positions"])
-    return (start.mean() + end.mean()) / 2, {}
-  raise ValueError(f"unknown task kind {kind!r}")
+  """The fine-tuning model of a task: the encoder and the head of its kind."""
+  return heads.get(spec.kind).model(cfg, spec, pooling)
 
 
 def _rows(data: tasks_lib.TaskData, idx: np.ndarray) -> dict[str, np.ndarray]:
@@ -114,6 +81,7 @@ class FinetuneTask:
     self.train_data = load(d.train_split, d.train_options)
     self.eval_data = load(d.eval_split, d.eval_options)
     self.spec = self.train_data.spec
+    self.head = heads.get(self.spec.kind)
     self.model = build_model(self.model_cfg, self.spec, config.head.pooling)
     self.global_batch = config.train.batch_size
     self.local_batch = self.global_batch // jax.process_count()
@@ -166,7 +134,7 @@ class FinetuneTask:
   # --- model ---------------------------------------------------------------------
   def loss_fn(self, params, batch, rng):
     outputs = self.model.apply({"params": params}, batch, deterministic=False, rngs={"dropout": rng})
-    return task_loss(self.spec.kind, outputs, batch)
+    return self.head.loss(outputs, batch)
 
   def init_params(self, params, param_shardings):
     if self.source is None:
@@ -175,10 +143,8 @@ class FinetuneTask:
                               reinit=self.config.reinit)
 
   def flops_per_batch(self) -> float:
-    heads = {"classification": self.spec.num_labels, "regression": 1,
-             "token_classification": self.spec.num_labels, "qa": 2}[self.spec.kind]
     return self.global_batch * flops_lib.finetune_flops_per_sequence(
-        self.model_cfg, self.config.data.max_seq_len, heads)
+        self.model_cfg, self.config.data.max_seq_len, self.head.num_outputs(self.spec))
 
   # --- evaluation ----------------------------------------------------------------
   def predict_all(self, params, predict, data) -> dict[str, np.ndarray]:
@@ -192,9 +158,7 @@ class FinetuneTask:
       out = predict(params, shd.global_batch(_rows(data, mine), self.batch_sharding))
       chunks.append(jax.tree.map(np.asarray, multihost_utils.process_allgather(out, tiled=True)))
     outputs = {k: np.concatenate([c[k] for c in chunks])[:n] for k in chunks[0]}
-    if self.spec.kind == "regression":
-      outputs = {"predictions": outputs["logits"][:, 0]}
-    return outputs
+    return self.head.host_outputs(outputs)
 
   def evaluate(self, params, predict) -> dict[str, float]:
     outputs = self.predict_all(params, predict, self.eval_data)

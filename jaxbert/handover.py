@@ -285,6 +285,7 @@ def read_checkpoint(path: str, key: str = "checkpoint") -> Checkpoint:
 
   `key` names `path` in error messages (the option or argument the user gave).
   """
+  from jaxbert import heads as heads_lib  # pylint: disable=g-import-not-at-top
   from jaxbert.data import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
   from jaxbert.hf.names import bundle_head  # pylint: disable=g-import-not-at-top
   given, path = path, os.path.abspath(path)
@@ -305,13 +306,14 @@ def read_checkpoint(path: str, key: str = "checkpoint") -> Checkpoint:
         attention_dropout=model.get("attention_dropout", cfg.attention_dropout))
   cfg = cfg.replace(dtype="float32", remat=False)
   params = _restore_params(source.item_dir, source.prefix)
-  heads = [h for h in ("mlm", "nsp", "classifier", "qa_outputs") if h in params]
-  kind = (tasks_lib.TFDS_TASKS.get(run_config.get("data", {}).get("task", ""))
-          if run_config.get("task") == "finetune" else None)
-  token = kind is not None and kind.kind == "token_classification"
-  architectures = ["BertForTokenClassification"] if token else []
+  head_params = [h for h in ("mlm", "nsp", "classifier", "qa_outputs") if h in params]
+  entry = (tasks_lib.TFDS_TASKS.get(run_config.get("data", {}).get("task", ""))
+           if run_config.get("task") == "finetune" else None)
+  # A "classifier" head is ambiguous (sentences or tokens): the task's head kind says.
+  architecture = heads_lib.get(entry.kind).hf_architecture if entry is not None else ""
+  architectures = [architecture] if architecture else []
   # A sentence classifier may read the mean of the outputs instead of the pooled [CLS].
   extra = ({"pooling": run_config.get("head", {}).get("pooling", "cls")}
            if run_config.get("task") == "finetune" else {})
-  return Checkpoint(params, cfg, source.tokenizer, bundle_head(heads, architectures), extra,
+  return Checkpoint(params, cfg, source.tokenizer, bundle_head(head_params, architectures), extra,
                     source.description)

@@ -306,8 +306,8 @@ def train_trials(configs: list[ConfigDict], workdirs: list[str], tasks: list[Tas
         elif done == total:
           _finish(r, Outcome("finished", done, r.last_eval), on_finish)
         elif preempted:
-          log.warning("SIGTERM: %s saved a checkpoint at step %d; the same command continues it",
-                      r.workdir, done)
+          log.warning("SIGTERM: saved a checkpoint at step %d; exiting (%s; the same command "
+                      "continues it)", done, r.workdir)
           _finish(r, Outcome("preempted", done, r.last_eval), on_finish)
   except Exception as e:
     # Several processes, and not an error they all meet at the same step: another

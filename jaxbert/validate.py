@@ -282,7 +282,14 @@ def model_names(model: BertConfig, task: str) -> tuple[str, ...]:
   if task == "pretrain":
     models = [model_lib.BertForPreTraining(one)]
   else:
-    models = [model_lib.BertForSequenceClassification(one, 2), model_lib.BertForQuestionAnswering(one)]
+    from jaxbert import heads  # pylint: disable=g-import-not-at-top
+    from jaxbert.data.tasks import TaskSpec  # pylint: disable=g-import-not-at-top
+    models = []
+    for kind in heads.kinds():
+      spec = TaskSpec(name="probe", kind=kind, num_labels=2, label_names=("a", "b"),
+                      text_fields=("text",), label_field="label", metrics=(),
+                      main_metric="", higher_is_better=True, eval_split="validation")
+      models.append(heads.get(kind).model(one, spec))
   batch = model_lib.dummy_batch(one, seq_len=min(8, one.max_position_embeddings), predictions=1)
   names = set()
   for m in models:

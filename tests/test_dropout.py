@@ -8,7 +8,7 @@ import optax
 import pytest
 
 from jaxbert import dropout as D
-from jaxbert.pretrain import cross_entropy_and_hits
+from jaxbert.heads.mlm_nsp import cross_entropy_and_hits
 
 
 def test_threefry_matches_published_vector_and_jax():

@@ -8,7 +8,7 @@ from jaxbert import model as M
 from jaxbert.data import packing
 from jaxbert.data.docstore import DocumentStore
 from jaxbert.data.pretraining import PretrainDataConfig, PretrainingExamples
-from jaxbert.pretrain import mlm_nsp_loss
+from jaxbert.heads.mlm_nsp import mlm_nsp_loss
 
 VOCAB = 128
 TINY = M.BertConfig(vocab_size=VOCAB, hidden_size=32, num_layers=2, num_heads=4,

@@ -33,8 +33,8 @@ def test_interrupted_run_resumes_bitwise(reference_run, corpus_file, tmp_path, m
   workdir = str(tmp_path / "interrupted")
   real = pretrain.PretrainTask.batches
 
-  def dying_batches(self, start_step):
-    for i, b in enumerate(real(self, start_step)):
+  def dying_batches(self, start_step, stop_step):
+    for i, b in enumerate(real(self, start_step, stop_step)):
       if start_step == 0 and i == 3:  # dies during step 4, after the step-2 checkpoint
         raise KeyboardInterrupt
       yield b

@@ -58,8 +58,8 @@ def _poisoned_task(monkeypatch, bad_steps):
     return dict(batch, poison_mul=np.full(b, nan, np.float32), poison_add=np.full(b, inf, np.float32))
 
   monkeypatch.setattr(pretrain.PretrainTask, "example_batch", lambda self: poison(example(self), -1))
-  monkeypatch.setattr(pretrain.PretrainTask, "batches", lambda self, start: (
-      poison(b, s) for s, b in enumerate(batches(self, start), start)))
+  monkeypatch.setattr(pretrain.PretrainTask, "batches", lambda self, start, stop: (
+      poison(b, s) for s, b in enumerate(batches(self, start, stop), start)))
 
   def poisoned_loss(self, params, batch, rng):
     loss, metrics = loss_fn(self, params, batch, rng)

@@ -67,7 +67,7 @@ from jaxbert.data.docstore import DocumentStore
 from jaxbert.data.pretraining import PretrainDataConfig, PretrainingExamples, batch_examples
 from jaxbert.model import BertForPreTraining, preset
 from jaxbert.optim import make_optimizer
-from jaxbert.pretrain import mlm_nsp_loss
+from jaxbert.heads.mlm_nsp import mlm_nsp_loss
 from jaxbert.step import Shardings, build_step, new_state
 
 # --variants entries are "default" or KEY=VALUE pairs joined by "+", e.g. "prng=rbg+remat=1".

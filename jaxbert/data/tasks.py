@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxbert.data import encoding
+from jaxbert import heads
 from jaxbert.data import local_files
 from jaxbert.data import qa
 from jaxbert.errors import UserError
@@ -88,11 +88,6 @@ TFDS_TASKS = {
                          version_2=True),
 }
 
-# Options of `load_task` read here (the rest describe local files) and defaults.
-_QA_OPTIONS = {"doc_stride": 128, "max_query_len": 64, "max_answer_len": 30,
-               "n_best_size": 20, "null_score_threshold": 0.0, "article_split": None}
-
-
 @dataclasses.dataclass
 class TaskData:
   """One encoded split.
@@ -123,13 +118,6 @@ class TaskData:
 # Reading examples.
 
 
-def _str(x) -> str:
-  """tfds text (bytes; str or 0-d arrays under tfds.testing.mock_data) -> str."""
-  if isinstance(x, np.ndarray):
-    x = x.item()
-  return x.decode("utf-8") if isinstance(x, bytes) else str(x)
-
-
 def _read_all(source) -> list[dict[str, Any]]:
   n = len(source)
   try:
@@ -137,30 +125,6 @@ def _read_all(source) -> list[dict[str, Any]]:
             for r in source.__getitems__(list(range(lo, min(n, lo + 4096))))]
   except TypeError:  # tfds.testing.mock_data's sources cannot read in batches
     return [source[i] for i in range(n)]
-
-
-def _normalize(raw: dict[str, Any], spec: TaskSpec, where: str) -> dict[str, Any] | None:
-  """One tfds record -> plain Python values; None for an empty NER sentence."""
-  if spec.kind in ("classification", "regression"):
-    label = np.asarray(raw[spec.label_field]).item() if spec.label_field in raw else None
-    if spec.kind == "classification":
-      label = -1 if label is None else int(label)
-    else:
-      label = float("nan") if label is None else float(label)
-    return {"texts": tuple(_str(raw[f]) for f in spec.text_fields), "label": label}
-  if spec.kind == "token_classification":
-    tokens = [_str(t) for t in raw[spec.text_fields[0]]]
-    tags = [int(t) for t in np.asarray(raw[spec.label_field]).reshape(-1)]
-    if len(tokens) != len(tags):
-      raise UserError(f"{where}: {len(tokens)} words but {len(tags)} tags")
-    return {"tokens": tokens, "tags": tags} if tokens else None
-  answers = raw["answers"]
-  impossible = bool(np.asarray(raw.get("is_impossible", False)).item())
-  return {"id": _str(raw["id"]), "title": _str(raw.get("title", b"")),
-          "question": _str(raw["question"]), "context": _str(raw["context"]),
-          "answers": [_str(t) for t in answers["text"]],
-          "answer_starts": [int(s) for s in np.asarray(answers["answer_start"]).reshape(-1)],
-          "is_impossible": impossible}
 
 
 def _names(feature) -> tuple[str, ...]:
@@ -243,7 +207,10 @@ def load_task(name_or_path: str, *, split: str, tokenizer, max_seq_len: int,
   """
   if max_seq_len < 4:
     raise UserError(f"max_seq_len={max_seq_len} is too small (at least 4)")
-  qa_options = {k: options.pop(k) for k in list(options) if k in _QA_OPTIONS}
+  # Options of a kind of head (QA's windows and decoding, its defaults in Head.options);
+  # the rest describe local files.
+  owners = {k: kind for kind in heads.kinds() for k in heads.get(kind).options}
+  head_options = {k: options.pop(k) for k in list(options) if k in owners}
   if name_or_path in TFDS_TASKS:
     if options:
       raise UserError(f"options {sorted(options)} do not apply to the tfds task "
@@ -264,33 +231,23 @@ def load_task(name_or_path: str, *, split: str, tokenizer, max_seq_len: int,
     except ValueError as e:
       raise UserError(f"split {split!r} of {src.path}: {e}") from None
     where = src.path
-  if qa_options and spec.kind != "qa":
-    raise UserError(f"options {sorted(qa_options)} apply to QA tasks only, not to "
-                    f"{spec.name} ({spec.kind})")
+  head = heads.get(spec.kind)
+  foreign = sorted(set(head_options) - set(head.options))
+  if foreign:
+    raise UserError(f"options {foreign} apply to {heads.get(owners[foreign[0]]).title} tasks "
+                    f"only, not to {spec.name} ({spec.kind})")
   raws = _read_all(source)
-  examples = [_normalize(r, spec, f"{where} example {i}") for i, r in enumerate(raws)]
+  examples = [head.normalize(r, spec, f"{where} example {i}") for i, r in enumerate(raws)]
   counts = {"empty_skipped": sum(ex is None for ex in examples)}
   examples = [ex for ex in examples if ex is not None]
-  settings = dict(_QA_OPTIONS, **qa_options) if spec.kind == "qa" else {}
+  settings = dict(head.options, **head_options)
   if settings.get("article_split") is not None:
     keep = qa.article_split_indices([ex["title"] for ex in examples],
                                     settings["article_split"])
     examples = [examples[i] for i in keep]
     counts["articles"] = len({ex["title"] for ex in examples})
   counts["examples"] = len(examples)
-  metadata: dict[str, Any] = {}
-  if spec.kind in ("classification", "regression"):
-    arrays, counts["truncated"] = encoding.encode_texts([ex["texts"] for ex in examples],
-                                               tokenizer, max_seq_len)
-    dtype = np.int32 if spec.kind == "classification" else np.float32
-    arrays["label"] = np.asarray([ex["label"] for ex in examples], dtype).reshape(-1)
-  elif spec.kind == "token_classification":
-    arrays, more = encoding.encode_words(examples, tokenizer, max_seq_len)
-    counts.update(more)
-  else:
-    arrays, metadata, more = qa.prepare_qa(
-        examples, tokenizer, max_seq_len, doc_stride=int(settings["doc_stride"]),
-        max_query_len=int(settings["max_query_len"]))
-    counts.update(more)
+  arrays, metadata, more = head.encode(examples, spec, tokenizer, max_seq_len, settings)
+  counts.update(more)
   return TaskData(spec=spec, split=split, max_seq_len=max_seq_len, arrays=arrays,
                   examples=examples, metadata=metadata, counts=counts, options=settings)
