@@ -22,6 +22,8 @@ def test_bench_times_variants_and_writes_json(tmp_path, capsys):
   for r in results["runners"]:
     assert r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1 and 0 < r["mean_loss"] < 10
   assert results["peak_flops"] > 0 and results["loader_examples_per_s"] > 0
+  # The table names the peak its MFU is against: this run's dtype.
+  assert results["peak_dtype"] == "float32" and "against the float32 peak" in printed
   assert "speed ratios" in printed and "jaxbert[dropout=0]" in printed
 
 
