@@ -15,6 +15,7 @@ import errno
 import logging
 import os
 import shutil
+import sys
 
 import jax
 import orbax.checkpoint as ocp
@@ -38,11 +39,31 @@ def _no_space(e: BaseException | None) -> str | None:
   return None
 
 
+_seen = []  # a write failed for lack of space in this process
+
+
 def _drop_no_space_noise(record: logging.LogRecord) -> bool:
   """Orbax logs every failed write of a save with its traceback (tens of them when
   the disk is full); the save's error is reported once, as a UserError."""
   exc = record.exc_info[1] if record.exc_info else None
-  return not (_no_space(exc) or any(t in record.getMessage() for t in _NO_SPACE))
+  if _no_space(exc) or any(t in record.getMessage() for t in _NO_SPACE):
+    _seen.append(True)
+    return False
+  return True
+
+
+_default_unraisablehook = sys.unraisablehook
+
+
+def _unraisable(unraisable) -> None:
+  """After such a failure, tensorstore's callbacks for the other writes find their
+  event loops closed ("Event loop is closed", printed as unraisable); the same noise."""
+  if not (_seen and isinstance(unraisable.exc_value, RuntimeError)
+          and "Event loop is closed" in str(unraisable.exc_value)):
+    _default_unraisablehook(unraisable)
+
+
+sys.unraisablehook = _unraisable
 
 
 # absl: Orbax's own logs; asyncio: its writers' tasks, never awaited once a sibling failed.
@@ -66,6 +87,7 @@ class CheckpointManager(ocp.CheckpointManager):
       cause = _no_space(e)
       if cause is None:
         raise
+      _seen.append(True)
       raise UserError(self._no_space_message(cause)) from None
 
   def _no_space_message(self, cause: str) -> str:
