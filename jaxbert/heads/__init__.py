@@ -68,6 +68,26 @@ class Head:
     """One line of predictions.jsonl: the input, the prediction and the gold answer."""
     raise NotImplementedError
 
+  # --- jaxbert predict: new inputs (jaxbert/data/prediction_inputs.py reads them)
+  input_formats: tuple[str, ...] = ()
+
+  def read_rows(self, path: str, fmt: str, task, pretokenized: bool) -> list[dict]:
+    """An input file's rows (as `split_row` gives a split's examples)."""
+    raise NotImplementedError
+
+  def split_row(self, example: dict) -> dict:
+    """A loaded split's example as an input row."""
+    raise NotImplementedError
+
+  def blank_example(self, row: dict) -> dict:
+    """An input row as an example without a gold answer, for `encode`."""
+    raise NotImplementedError
+
+  def predict_record(self, index: int, row: dict, decoded: dict, spec,
+                     columns: list[str]) -> dict[str, Any]:
+    """One line of `jaxbert predict`'s output."""
+    raise NotImplementedError
+
 
 def text(x) -> str:
   """tfds text (bytes; str or 0-d arrays under tfds.testing.mock_data) -> str."""

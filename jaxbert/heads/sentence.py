@@ -37,6 +37,20 @@ class _Sentence(Head):
     arrays["label"] = np.asarray([ex["label"] for ex in examples], self.label_dtype).reshape(-1)
     return arrays, {}, {"truncated": truncated}
 
+  input_formats = ("tsv", "csv", "text")
+
+  def read_rows(self, path, fmt, task, pretokenized):
+    from jaxbert.data import prediction_inputs as inputs  # pylint: disable=g-import-not-at-top
+    if fmt in ("tsv", "csv"):
+      return inputs.table_rows(path, fmt, task)
+    return inputs.text_line_rows(path, task)
+
+  def split_row(self, example):
+    return {"texts": example["texts"]}
+
+  def blank_example(self, row):
+    return {"texts": row["texts"], "label": self.label(None)}
+
   def score(self, task_data, decoded):
     spec, labels = task_data.spec, task_data.arrays["label"]
     if labels.size and self.unlabeled(labels):
@@ -69,6 +83,11 @@ class Classification(_Sentence):
     probs = np.exp(logits - logits.max(-1, keepdims=True))
     probs /= probs.sum(-1, keepdims=True)
     return [{"prediction": int(np.argmax(p)), "probabilities": p.tolist()} for p in probs]
+
+  def predict_record(self, index, row, decoded, spec, columns):
+    return {"index": index, **dict(zip(columns, row["texts"])),
+            "prediction": spec.label_names[decoded["prediction"]],
+            "probabilities": dict(zip(spec.label_names, decoded["probabilities"]))}
 
   def record(self, index, example, decoded, spec) -> dict[str, Any]:
     names = spec.label_names
@@ -109,6 +128,10 @@ class Regression(_Sentence):
     return {"index": index, **dict(zip(spec.text_fields, example["texts"])),
             "prediction": decoded["prediction"],
             "label": None if np.isnan(example["label"]) else example["label"]}
+
+  def predict_record(self, index, row, decoded, spec, columns):
+    return {"index": index, **dict(zip(columns, row["texts"])),
+            "prediction": decoded["prediction"]}
 
 
 register(Classification())

@@ -69,4 +69,24 @@ class SpanQA(Head):
             "answers": [] if example["is_impossible"] else example["answers"]}
 
 
+  input_formats = ("squad", "jsonl")
+
+  def read_rows(self, path, fmt, task, pretokenized):
+    from jaxbert.data import prediction_inputs as inputs  # pylint: disable=g-import-not-at-top
+    return inputs.question_rows(path, fmt)
+
+  def split_row(self, example):
+    return example
+
+  def blank_example(self, row):
+    return row
+
+  def predict_record(self, index, row, decoded, spec, columns):
+    rec = {"id": row["id"], "question": row["question"], "answer": decoded["prediction"],
+           "start": decoded["start"], "end": decoded["end"], "score": decoded["score"]}
+    if spec.version_2:
+      rec["null_score"] = decoded["null_score"]
+    return rec
+
+
 register(SpanQA())

@@ -64,4 +64,26 @@ class TokenClassification(Head):
             "label": [spec.label_names[k] for k in example["tags"]]}
 
 
+  input_formats = ("text", "conll")
+
+  def read_rows(self, path, fmt, task, pretokenized):
+    from jaxbert.data import prediction_inputs as inputs  # pylint: disable=g-import-not-at-top
+    return inputs.sentence_rows(path, fmt, task, pretokenized)
+
+  def split_row(self, example):
+    from jaxbert.data import prediction_inputs as inputs  # pylint: disable=g-import-not-at-top
+    return inputs.joined(example["tokens"])
+
+  def blank_example(self, row):
+    return {"tokens": row["tokens"], "tags": [0] * len(row["tokens"])}
+
+  def predict_record(self, index, row, decoded, spec, columns):
+    spans = row["spans"]
+    entities = [{"type": kind, "text": row["text"][spans[a][0]:spans[b][1]],
+                 "start": spans[a][0], "end": spans[b][1]}
+                for kind, a, b in metrics.iob2_entities(decoded["prediction"])]
+    return {"index": index, "text": row["text"], "tokens": row["tokens"],
+            "tags": decoded["prediction"], "entities": entities}
+
+
 register(TokenClassification())
