@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 from tools import bench
+from tools import bench_runners
 
 _FILES = ("model", "layers", "dropout")
 
@@ -48,17 +49,17 @@ def main(argv=None):
   bench_args = args.bench_args[1:] if args.bench_args[:1] == ["--"] else args.bench_args
   with tempfile.TemporaryDirectory() as tmp:
     before = load_before(args.before, Path(tmp))
-    bench.VARIANT_KEYS["code"] = f"before: the model code of {args.before}"
+    bench_runners.VARIANT_KEYS["code"] = f"before: the model code of {args.before}"
     chosen = {}
-    model_config, current = bench.model_config, bench.BertForPreTraining
+    model_config, current = bench_runners.model_config, bench_runners.BertForPreTraining
 
     def config_noting_code(bench_args_, variant):
       chosen["code"] = variant.get("code", "")
       return model_config(bench_args_, variant)
 
     # jax_runner builds its model right after model_config(args, variant).
-    bench.model_config = config_noting_code
-    bench.BertForPreTraining = lambda cfg: (
+    bench_runners.model_config = config_noting_code
+    bench_runners.BertForPreTraining = lambda cfg: (
         before.BertForPreTraining(cfg) if chosen["code"] == "before" else current(cfg))
     print(f"code=before: jaxbert/{{{','.join(_FILES)}}}.py of {args.before}")
     bench.main(bench_args)

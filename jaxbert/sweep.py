@@ -316,7 +316,9 @@ def _run_sweep(config: ConfigDict, workdir: str, devices, on_record) -> dict[str
   records: dict[str, dict] = {}
   todo = []
   for t in trials:
-    check_workdir_config(t.workdir, t.config)  # a changed base config is refused, as for a run
+    # A changed base config is refused, as for a run; the trainer records the config when
+    # the trial starts training, so a sweep that fails on bad input claims no trial.
+    check_workdir_config(t.workdir, t.config, record=False)
     record = finished_record(t)
     if record is not None:
       records[t.id] = record

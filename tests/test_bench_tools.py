@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from tools import bench, profile_step
+from tools import bench, bench_runners, profile_step
 
 # Batch 8: the benchmark's mesh spans the session's 8 fake devices.
 TINY = ["--preset", "tiny", "--batch", "8", "--seq-len", "32", "--vocab-size", "512"]
@@ -29,7 +29,7 @@ def test_bench_times_variants_and_writes_json(tmp_path, capsys):
 
 def test_bench_rejects_unknown_variant_keys():
   with pytest.raises(SystemExit, match="not KEY=VALUE"):
-    bench.parse_variant("dropuot=0")
+    bench_runners.parse_variant("dropuot=0")
 
 
 def test_profile_groups_ops_of_compiled_hlo():

@@ -2,7 +2,7 @@
 
     python tools/bench_gpu.py --out runs/bench_gpu.md
 
-Runs `tools/bench.py` once per (preset, sequence length, batch) of --configs, each in
+Runs `python -m tools.bench` once per (preset, sequence length, batch) of --configs, each in
 its own process (so every run starts with the whole device), with `--peer hf-torch`
 (eager and torch.compile, alternating with jaxbert), and prints one table: tokens/s,
 MFU against the bfloat16 matmul peak that bench.py measures on the device, compile
@@ -41,7 +41,7 @@ DEFAULT_CONFIGS = "large:128:64,base:128:64,base:512:16,large:512:16"
 def run_one(preset: str, seq_len: int, batch: int, args) -> dict:
   with tempfile.TemporaryDirectory() as tmp:
     out = os.path.join(tmp, "result.json")
-    cmd = [sys.executable, os.path.join(HERE, "bench.py"), "--preset", preset,
+    cmd = [sys.executable, "-m", "tools.bench", "--preset", preset,
            "--seq-len", str(seq_len), "--batch", str(batch), "--dtype", args.dtype,
            "--steps", str(args.steps), "--rounds", str(args.rounds), "--json", out]
     if args.peer_modes:
@@ -51,7 +51,8 @@ def run_one(preset: str, seq_len: int, batch: int, args) -> dict:
                PYTHONPATH=os.pathsep.join(p for p in path if p))
     print("$ " + " ".join(cmd), flush=True)
     try:
-      proc = subprocess.run(cmd, env=env, timeout=args.timeout, capture_output=True, text=True)
+      proc = subprocess.run(cmd, env=env, timeout=args.timeout, capture_output=True, text=True,
+                            cwd=REPO)
     except subprocess.TimeoutExpired:
       return {"error": f"timed out after {args.timeout} s"}
     sys.stdout.write(proc.stdout[-3000:])
