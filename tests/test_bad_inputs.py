@@ -124,6 +124,12 @@ def _cases(lab, tmp):
           "pretrain", pre, None, [f"--config.data.corpus={many_chars}"],
           "distinct characters (after character_coverage), unusually many for text in a "
           f"language or two: is a file of the corpus {many_chars} binary"),
+      "batch size of zero (pre-training)": (
+          "pretrain", pre, None, ["--config.train.batch_size=0"],
+          "train.batch_size=0 is invalid: must be an integer >= 1"),
+      "negative batch size (fine-tuning)": (
+          "finetune", fin, None, ["--config.train.batch_size=-8"],
+          "train.batch_size=-8 is invalid: must be an integer >= 1"),
       "diverging run": ("pretrain", pre, None,
                         ["--config.optim.lr=1e30", "--config.train.max_nonfinite=2"],
                         "(train.max_nonfinite=2)"),
