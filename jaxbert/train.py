@@ -107,13 +107,6 @@ def nonfinite_message(in_a_row: int, limit: int, step: int) -> str | None:
   return None
 
 
-def check_nonfinite(in_a_row: int, limit: int, step: int) -> None:
-  """TrainingDiverged once `limit` steps in a row (ending at `step`) were skipped."""
-  message = nonfinite_message(in_a_row, limit, step)
-  if message:
-    raise TrainingDiverged(message)
-
-
 class _Trial:
   """One trial's bookkeeping in the loop."""
 
@@ -180,7 +173,7 @@ def train_trials(configs: list[ConfigDict], workdirs: list[str], tasks: list[Tas
   init_params = lambda key: model.init({"params": key}, example)["params"]
   shapes = jax.eval_shape(init_params, jax.random.key(0))
   optim = trials_lib.shared_optim(base.optim) if stacked else base.optim
-  tx, schedule = make_optimizer(optim, shapes, optimizer_steps)
+  tx, _ = make_optimizer(optim, shapes, optimizer_steps)
   rates = np.stack([trials_lib.rate_table(c.optim, optimizer_steps) for c in configs])
 
   # Shardings, from shapes alone: nothing is allocated before we know where it goes.

@@ -16,6 +16,7 @@ one module and one `register` call.
 
 from __future__ import annotations
 
+import abc
 from typing import Any
 
 import flax.linen as nn
@@ -25,8 +26,9 @@ import numpy as np
 from jaxbert.errors import UserError
 
 
-class Head:
-  """The interface of a fine-tuning head kind (see the module docstring)."""
+class Head(abc.ABC):
+  """The interface of a fine-tuning head kind (see the module docstring); every method
+  without a body is abstract, so a head that lacks one cannot be instantiated."""
 
   kind: str = ""
   title: str = ""  # the kind in messages
@@ -34,59 +36,61 @@ class Head:
   options: dict[str, Any] = {}  # load_task options of this kind, with their defaults
   hf_architecture: str = ""  # the transformers class, where the parameters leave it open
 
+  @abc.abstractmethod
   def model(self, cfg, spec, pooling: str = "cls") -> nn.Module:
-    raise NotImplementedError
+    """The encoder with this head on top."""
 
+  @abc.abstractmethod
   def loss(self, outputs: dict[str, jax.Array], batch) -> tuple[jax.Array, dict]:
     """(mean loss over real targets, metrics) for one batch."""
-    raise NotImplementedError
 
   def num_outputs(self, spec) -> int:
     """The output layer's width (FLOPs)."""
     return spec.num_labels
 
+  @abc.abstractmethod
   def normalize(self, raw: dict[str, Any], spec, where: str) -> dict[str, Any] | None:
     """One tfds record -> an example of plain Python values (None: skip it)."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def encode(self, examples, spec, tokenizer, max_seq_len: int, settings: dict):
     """Examples -> (model input arrays with targets, metadata, counts)."""
-    raise NotImplementedError
 
   def host_outputs(self, outputs: dict) -> dict:
     """The model's outputs as the decoder takes them."""
     return outputs
 
+  @abc.abstractmethod
   def decode(self, task_data, outputs: dict) -> list[dict[str, Any]]:
     """Outputs over a whole split (rows in order) -> one prediction per example."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def score(self, task_data, decoded: list[dict[str, Any]]) -> dict[str, float]:
-    raise NotImplementedError
+    """The task's metrics (fractions in [0, 1]) over a whole split's predictions."""
 
+  @abc.abstractmethod
   def record(self, index: int, example: dict, decoded: dict, spec) -> dict[str, Any]:
     """One line of predictions.jsonl: the input, the prediction and the gold answer."""
-    raise NotImplementedError
 
   # --- jaxbert predict: new inputs (jaxbert/data/prediction_inputs.py reads them)
   input_formats: tuple[str, ...] = ()
 
+  @abc.abstractmethod
   def read_rows(self, path: str, fmt: str, task, pretokenized: bool) -> list[dict]:
     """An input file's rows (as `split_row` gives a split's examples)."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def split_row(self, example: dict) -> dict:
     """A loaded split's example as an input row."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def blank_example(self, row: dict) -> dict:
     """An input row as an example without a gold answer, for `encode`."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def predict_record(self, index: int, row: dict, decoded: dict, spec,
                      columns: list[str]) -> dict[str, Any]:
     """One line of `jaxbert predict`'s output."""
-    raise NotImplementedError
 
 
 def text(x) -> str:
