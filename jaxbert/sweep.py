@@ -242,15 +242,14 @@ def make_record(trial: Trial, metrics: dict[str, float] | None, metric: str, *,
   stopping. A diverged trial's objective is NaN (it ranks last and is never best)."""
   results = _read_json(os.path.join(trial.workdir, "results.json")) or {}
   metrics = metrics or results.get("metrics") or {}
-  if status == "diverged":
-    name = metric or results.get("main_metric") or next(iter(metrics), "")
-    return {"id": trial.id, "overrides": trial.overrides, "status": status, "metric": name,
-            "value": float("nan"), "higher_is_better": results.get("higher_is_better", True),
-            "metrics": metrics, "steps": None, "stopped_early": False, "best_eval": None,
-            "message": message, "mode": mode, "wall_s": round(wall_s, 3),
-            "config": _normalized(trial.config)}
   # evaluate() lists the main metric first (results.json is on process 0 only).
   name = metric or results.get("main_metric") or next(iter(metrics), "")
+  record = {"id": trial.id, "overrides": trial.overrides, "status": status, "metric": name,
+            "value": float("nan"), "higher_is_better": results.get("higher_is_better", True),
+            "metrics": metrics, "steps": None, "stopped_early": False, "best_eval": None,
+            "mode": mode, "wall_s": round(wall_s, 3), "config": _normalized(trial.config)}
+  if status == "diverged":
+    return dict(record, message=message)
   if name not in metrics:
     raise UserError(f"config.sweep.metric={name!r} is not one of the task's metrics "
                     f"{sorted(metrics)} (trial {trial.workdir})")
@@ -259,12 +258,10 @@ def make_record(trial: Trial, metrics: dict[str, float] | None, metric: str, *,
   best = max(history, key=lambda h: (1 if higher else -1) * h.get(name, -math.inf),
              default=None)
   stopping = results.get("early_stopping") or {}
-  return {"id": trial.id, "overrides": trial.overrides, "status": status, "metric": name,
-          "value": float(metrics[name]), "higher_is_better": higher, "metrics": metrics,
-          "steps": history[-1]["step"] if history else None,
-          "stopped_early": stopping.get("stopped_at") is not None,
-          "best_eval": {"step": best["step"], "value": best[name]} if best else None,
-          "mode": mode, "wall_s": round(wall_s, 3), "config": _normalized(trial.config)}
+  return dict(record, value=float(metrics[name]), higher_is_better=higher,
+              steps=history[-1]["step"] if history else None,
+              stopped_early=stopping.get("stopped_at") is not None,
+              best_eval={"step": best["step"], "value": best[name]} if best else None)
 
 
 # --- running -------------------------------------------------------------------------
