@@ -50,7 +50,7 @@ from collections.abc import Iterable
 from jaxbert.errors import UserError
 
 # Top-level keys of model backbones; a new model family adds its own.
-BACKBONES = ("bert",)
+BACKBONES = ("bert", "decoder")
 SHORTHANDS = {
     "none": "none", "encoder": "encoder", "embeddings": "embeddings", "pooler": "pooler",
     "bottom": "bottom:K", "top": "top:K", "layers": "layers:I,J,...",
@@ -139,7 +139,7 @@ def depth(name: str, lay: Layout) -> int:
     return top
   if name.startswith(f"{b}/embeddings/"):
     return 0
-  if name.startswith(f"{b}/pooler/"):
+  if name.startswith((f"{b}/pooler/", f"{b}/final_norm/")):
     return top
   if m := re.match(rf"{re.escape(lay.layers)}/layer_(\d+)/", name):
     return int(m.group(1)) + 1
