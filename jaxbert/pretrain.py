@@ -50,13 +50,14 @@ def prepare_tokenizer(config: ConfigDict, workdir: str) -> tok_lib.Tokenizer:
   log.info("training a %s sentencepiece tokenizer (vocabulary %d) on %s",
            tcfg.model_type, tcfg.vocab_size, config.data.corpus)
   sentences = sentences_lib.sentences_for_tokenizer_training(
-      _documents(config, workdir), max_sentences=tcfg.train_sentences, seed=config.train.seed)
+      documents(config, workdir), max_sentences=tcfg.train_sentences, seed=config.train.seed)
   return tok_lib.train_sentencepiece(sentences, cached, vocab_size=tcfg.vocab_size,
                                      model_type=tcfg.model_type, lowercase=tcfg.lowercase,
                                      seed=config.train.seed, source=config.data.corpus)
 
 
-def _documents(config: ConfigDict, workdir: str):
+def documents(config: ConfigDict, workdir: str):
+  """The corpus's documents (lists of lines), read as config.data says."""
   d = config.data
   if not d.corpus:
     raise UserError("config.data.corpus is empty; set --config.data.corpus=PATH (a file, folder "
@@ -69,19 +70,25 @@ def _data_dir(config: ConfigDict, workdir: str) -> str:
   return config.data.tfds_data_dir or os.path.join(workdir, "tfds")
 
 
-def prepare_stores(config: ConfigDict, workdir: str, tokenizer) -> tuple[DocumentStore, DocumentStore]:
-  """(train, held-out) tokenized stores, cached under WORKDIR/corpus/<key>."""
+def prepare_stores(config: ConfigDict, workdir: str, tokenizer, *, build=None,
+                   fingerprint: str = "") -> tuple[DocumentStore, DocumentStore]:
+  """(train, held-out) tokenized stores, cached under WORKDIR/corpus/<key>.
+
+  `build(documents, tokenizer, progress=...)` tokenizes (default: sentence by sentence,
+  corpus.build_docstore); `fingerprint` names the tokenizer and the build in the key
+  (default: tokenizer.fingerprint())."""
   d = config.data
   # A local corpus is identified by its files' bytes, so edits re-tokenize and copies do not.
   identity = (d.corpus if d.corpus.startswith(corpus_lib.TFDS_PREFIX) else
               corpus_lib.prepare_text_corpus(d.corpus, _data_dir(config, workdir)).builder_config.name)
   key = hashlib.sha256(json.dumps([identity, d.split, d.text_field, d.heldout_fraction,
-                                   config.train.seed, tokenizer.fingerprint()]).encode()).hexdigest()[:16]
+                                   config.train.seed, fingerprint or tokenizer.fingerprint()]
+                                  ).encode()).hexdigest()[:16]
   root = os.path.join(workdir, "corpus", key)
   done = os.path.join(root, "DONE")
   if not os.path.exists(done):
-    store = corpus_lib.build_docstore(_documents(config, workdir), tokenizer,
-                                      progress=config.train.progress)
+    store = (build or corpus_lib.build_docstore)(documents(config, workdir), tokenizer,
+                                                 progress=config.train.progress)
     train, held = split_heldout(store, d.heldout_fraction, config.train.seed)
     train.save(os.path.join(root, "train"))
     held.save(os.path.join(root, "eval"))
