@@ -3,7 +3,7 @@
   jaxbert pretrain  --config configs/pretrain/mini.py --workdir W [--config.KEY=VALUE ...]
   jaxbert finetune  --config configs/finetune/sst2.py --workdir W [--config.init=CKPT ...]
   jaxbert sweep     --config configs/finetune/sst2_sweep.py --workdir W [--config.sweep.space.optim.lr=[...]]
-  jaxbert import-hf SRC --out BUNDLE
+  jaxbert import-hf SRC (HF folder or FILE.gguf) --out BUNDLE
   jaxbert export-hf CKPT --out DIR
   jaxbert embed     --checkpoint BUNDLE --input FILE.txt --output FILE.npy [--pooling mean]
   jaxbert predict   --checkpoint RUN --input FILE (or --split NAME) --output preds.jsonl
@@ -55,7 +55,11 @@ def _sweep(args, overrides) -> int:
 def _import_hf(args, overrides) -> int:
   del overrides
   from jaxbert.hf import import_hf  # pylint: disable=g-import-not-at-top
-  report = import_hf(args.src, args.out)
+  if bool(args.src) == bool(args.gguf):
+    from jaxbert.errors import UserError  # pylint: disable=g-import-not-at-top
+    raise UserError("import-hf takes one source: a Hugging Face folder (BERT, GPT-2, Llama), "
+                    "a .gguf file, or --gguf FILE")
+  report = import_hf(args.src or args.gguf, args.out)
   print(report)
   return 0
 
@@ -105,8 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
   s.add_argument("--config", required=True, help="a configs/finetune/*.py file")
   s.add_argument("--workdir", required=True, help="sweep directory (continued if it exists)")
   s.set_defaults(fn=_sweep)
-  s = sub.add_parser("import-hf", help="convert a Hugging Face BERT folder into a jaxbert checkpoint")
-  s.add_argument("src")
+  s = sub.add_parser("import-hf", help="convert a Hugging Face BERT, GPT-2 or Llama folder, or a "
+                     "GGUF file, into a jaxbert checkpoint")
+  s.add_argument("src", nargs="?", help="a Hugging Face model folder or a .gguf file")
+  s.add_argument("--gguf", default=None, help="a GGUF file (Llama-style, byte-level BPE tokenizer)")
   s.add_argument("--out", required=True)
   s.set_defaults(fn=_import_hf)
   s = sub.add_parser("export-hf", help="write a jaxbert checkpoint as a Hugging Face folder")

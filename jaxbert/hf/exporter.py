@@ -63,6 +63,10 @@ def export_hf(checkpoint: str, out_dir: str, architecture: str | None = None,
   present. Writes config.json, model.safetensors (float32; the tied MLM decoder is
   left out, as `save_pretrained` does) and the vocabulary.
   """
+  from jaxbert import decoder_weights  # pylint: disable=g-import-not-at-top
+  if decoder_weights.is_decoder(checkpoint):  # GPT-2 / Llama-style decoders
+    from jaxbert.hf.decoder_export import export_decoder  # pylint: disable=g-import-not-at-top
+    return export_decoder(checkpoint, out_dir, architecture, overwrite=overwrite)
   ckpt = read_checkpoint(checkpoint)
   cfg = ckpt.config
   flat = traverse_util.flatten_dict(ckpt.params)

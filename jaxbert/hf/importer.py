@@ -137,6 +137,9 @@ def import_hf(src_dir: str, out_dir: str, *, overwrite: bool = False) -> ImportR
   kept; a missing pooler is initialised as Hugging Face would. Returns a report.
   """
   from jaxbert.tokenizer import check_vocab, load_tokenizer  # pylint: disable=g-import-not-at-top
+  from jaxbert.hf import decoder_import  # pylint: disable=g-import-not-at-top
+  if decoder_import.handles(src_dir):  # GPT-2 / Llama folders and GGUF files
+    return decoder_import.import_decoder(src_dir, out_dir, overwrite=overwrite)
   src_dir = os.path.abspath(src_dir)
   if not os.path.isdir(src_dir):
     raise UserError(f"{src_dir} is not a directory; give a Hugging Face model folder "
