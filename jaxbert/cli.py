@@ -32,6 +32,11 @@ def _train_command(args, overrides) -> int:
   run(config, args.workdir)
   return 0
 
+  from jaxbert.preemption import Preemption  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  if not Preemption.requested() and jax.process_index() == 0:  # stopped early: said already
+    from jaxbert.run_files import summary  # pylint: disable=g-import-not-at-top
+    print(summary(config, args.workdir))
 
 def _sweep(args, overrides) -> int:
   from jaxbert import config as config_lib  # pylint: disable=g-import-not-at-top
@@ -45,8 +50,13 @@ def _sweep(args, overrides) -> int:
   if best.get("diverged"):
     print(f"{len(best['diverged'])} trial(s) diverged (status 'diverged' in {table})")
   if best.get("preempted"):
-    print(f"stopped by SIGTERM with {len(best['unfinished'])} trial(s) unfinished (saved); "
-          "run the same command to continue")
+    from jaxbert.preemption import Preemption, interrupted_message  # pylint: disable=g-import-not-at-top
+    interrupted_message()  # the trials' own line: the sweep's says it for all of them
+    print(f"stopped by {Preemption.signal_name()} with {len(best['unfinished'])} trial(s) "
+          "unfinished (saved); run the same command to continue")
+    if Preemption.interrupted():
+      print("jaxbert: interrupted", file=sys.stderr)
+      return 130
   elif not best.get("trial"):
     print(f"no trial finished without diverging; table: {table}")
   return 0
@@ -186,7 +196,13 @@ def main(argv=None) -> int:
   logging.getLogger("absl").addFilter(lambda r: not str(r.msg).startswith(_EXPECTED_NOISE))
   from jaxbert.errors import UserError  # pylint: disable=g-import-not-at-top
   try:
-    return args.fn(args, rest)
+    code = args.fn(args, rest)
+    if "jaxbert.preemption" in sys.modules:  # a run that saved and stopped for Ctrl-C
+      interrupted = sys.modules["jaxbert.preemption"].interrupted_message()
+      if interrupted:
+        print(f"jaxbert: {interrupted}", file=sys.stderr)
+        return 130
+    return code
   except UserError as e:
     _exit_if_multiprocess(e, e.exit_code, str(e))
     print(f"jaxbert: error: {e}", file=sys.stderr)

@@ -47,6 +47,8 @@ def prepare_tokenizer(config: ConfigDict, workdir: str) -> tok_lib.Tokenizer:
   cached = os.path.join(workdir, "tokenizer")
   if os.path.isdir(cached) and os.listdir(cached):  # empty: a kill between mkdir and write
     return tok_lib.load_tokenizer(cached)
+  if not config.data.corpus.startswith(corpus_lib.TFDS_PREFIX):
+    corpus_lib.check_text_files(config.data.corpus)  # a wrong path is said before any work
   log.info("training a %s sentencepiece tokenizer (vocabulary %d) on %s",
            tcfg.model_type, tcfg.vocab_size, config.data.corpus)
   sentences = sentences_lib.sentences_for_tokenizer_training(
@@ -122,13 +124,46 @@ class StepBatches:
 
 def batch_iterator(source, num_workers: int) -> Iterator[dict[str, np.ndarray]]:
   """Batches in order, built by `num_workers` processes (0: in this process)."""
+  if num_workers > 0:
+    source = _Unexhausted(source)
   ds = grain.MapDataset.source(source).to_iter_dataset()
   if num_workers > 0:
     if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; we have none of our own
       flags.FLAGS.mark_as_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers),
                         worker_init_fn=exit_with_parent)
+    return _copied(iter(ds))
   return iter(ds)
+
+
+class _Unexhausted:
+  """`source` followed by copies of its last item that are never asked for: grain's
+  workers that reach the end of their items leave shared memory blocks that the resource
+  tracker reports as leaked when the process exits; these workers are closed before."""
+
+  _MARGIN = 1024  # more than the workers ever read ahead
+
+  def __init__(self, source):
+    self.source, self.n = source, len(source)
+
+  def __len__(self):
+    return self.n + self._MARGIN
+
+  def __getitem__(self, i):
+    return self.source[min(i, self.n - 1)]
+
+
+def _copied(it) -> Iterator[dict[str, np.ndarray]]:
+  """The workers' batches copied out of their shared memory blocks, which are freed at
+  once; a block still held when the process exits would be reported as leaked by the
+  resource tracker. Closing this closes the workers' iterator (the trainer does)."""
+  try:
+    for batch in it:
+      copy = {k: np.array(v) for k, v in batch.items()}
+      del batch
+      yield copy
+  finally:
+    it.close()
 
 
 def packed(examples: PretrainingExamples, max_segments) -> PackedExamples:

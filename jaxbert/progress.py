@@ -37,6 +37,20 @@ def quiet_tfds_when_logging() -> None:
     tfds.disable_progress_bar()
 
 
+class QuietPreparation:
+  """Mixin for jaxbert's tfds builders of local files: tfds prints "Downloading and
+  preparing dataset Unknown size ..." and "... downloaded and prepared to ..." to stdout
+  for every builder, though nothing is downloaded; one log line says what happens."""
+
+  def _log_download_bytes(self) -> None:
+    import logging  # pylint: disable=g-import-not-at-top
+    logging.getLogger("jaxbert").info("preparing %s into %s (once; later runs read it)",
+                                      self.info.description or self.name, self.data_dir)
+
+  def _log_download_done(self) -> None:
+    pass
+
+
 def _is_terminal(stream: TextIO) -> bool:
   try:
     return stream.isatty()

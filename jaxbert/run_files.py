@@ -1,10 +1,12 @@
-"""A run's files besides its checkpoints: metrics.jsonl with TensorBoard events, and
-config.json, which says which run a workdir holds (a resumed run must match it)."""
+"""A run's files besides its checkpoints: metrics.jsonl with TensorBoard events,
+config.json, which says which run a workdir holds (a resumed run must match it), and the
+summary a finished run prints of where they all are."""
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 from typing import Any
 
 import jax
@@ -90,3 +92,31 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     else:
       out[f"{prefix}{k}"] = v
   return out
+
+
+def summary(config: ConfigDict, workdir: str) -> str:
+  """The end of a finished run's output: where its files are and what to run next."""
+  w = os.path.abspath(workdir)
+  ckpt_root = os.path.join(w, "checkpoints")
+  steps = sorted(int(n) for n in (os.listdir(ckpt_root) if os.path.isdir(ckpt_root) else ())
+                 if n.isdigit())
+  lines = [f"{config.get('name') or config.task} finished: {w}"]
+  if steps:
+    lines.append(f"  checkpoint   {os.path.join(ckpt_root, str(steps[-1]))} (step {steps[-1]})")
+  lines.append(f"  metrics      {os.path.join(w, 'metrics.jsonl')}")
+  lines.append(f"  TensorBoard  tensorboard --logdir {os.path.join(w, 'tensorboard')}  "
+               "(pip install tensorboard)")
+  quoted = shlex.quote(w)
+  if config.task == "finetune":
+    results = [os.path.join(w, n) for n in ("results.json", "predictions.jsonl")
+               if os.path.exists(os.path.join(w, n))]
+    if results:
+      lines.append(f"  results      {', '.join(results)}")
+    lines.append(f"  next         jaxbert predict --checkpoint {quoted} --input FILE "
+                 "--output predictions.jsonl")
+    lines.append(f"               jaxbert export-hf {quoted} --out {shlex.quote(w + '-hf')}")
+  elif "arch" not in config.model:  # an encoder (decoders are not fine-tuned by jaxbert)
+    lines.append(f"  next         jaxbert finetune --config configs/finetune/local.py "
+                 f"--workdir {shlex.quote(w + '-finetune')} --config.init={quoted} "
+                 "--config.data.task=TASK_FOLDER")
+  return "\n".join(lines)

@@ -174,6 +174,7 @@ def _write_markdown(path, records, swept, best, task) -> None:
 
 def plot(path: str, records: list[dict[str, Any]], swept: list[str], best_id: str) -> None:
   """The objective against each swept key (seeds pooled): trials, medians, the best trial."""
+  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   keys = [k for k in swept if k != SEED_KEY] or list(swept)
   metric = records[0]["metric"]
@@ -191,12 +192,26 @@ def plot(path: str, records: list[dict[str, Any]], swept: list[str], best_id: st
     ax.plot(level_pos, medians, "-o", color="C1", label="median over trials")
     b = next(i for i, r in enumerate(records) if r["id"] == best_id)
     ax.scatter([pos[b]], [ys[b]], marker="*", s=220, color="C3", zorder=3, label="best trial")
-    if numeric and level_pos.min() > 0 and level_pos.max() >= 10 * level_pos.min():
+    if numeric and level_pos.min() > 0 and level_pos.max() >= 3 * level_pos.min():
       ax.set_xscale("log")
-    if not numeric:
-      ax.set_xticks(level_pos, levels, rotation=20)
+    # Ticks at the swept values only (at most 8), written short (3e-5): matplotlib's own
+    # ticks for learning rates are long decimals that overlap one another.
+    shown = level_pos[np.unique(np.linspace(0, len(level_pos) - 1, 8).round().astype(int))]
+    names = [tick_label(levels[int(np.flatnonzero(level_pos == p)[0])]) for p in shown]
+    ax.xaxis.set_minor_locator(ticker.NullLocator())
+    ax.set_xticks(shown, names, rotation=30 if sum(map(len, names)) > 30 else 0)
     ax.set_xlabel(key)
     ax.set_ylabel(f"validation {metric}")
     ax.grid(alpha=0.3)
   axes[0].legend(fontsize="small")
   fig.savefig(path, dpi=100)
+
+
+def tick_label(v) -> str:
+  """A swept value as a short axis label: 3e-05 -> 3e-5, 0.0001 -> 1e-4, 0.1 -> 0.1."""
+  if not isinstance(v, float):
+    return str(v)
+  if v == 0 or 1e-2 <= abs(v) < 1e4:
+    return f"{v:.3g}"
+  mantissa, exponent = f"{v:.2e}".split("e")
+  return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"

@@ -87,11 +87,11 @@ class Outcome:
 
 
 def schedule_steps(config: ConfigDict, task: Task) -> tuple[int, int]:
-  """(optimizer updates, micro-batches): train.epochs over the task's examples if set,
-  else train.steps; each update takes optim.accum_steps micro-batches."""
+  """(optimizer updates, micro-batches): train.steps if set (> 0), else train.epochs
+  over the task's examples; each update takes optim.accum_steps micro-batches."""
   epochs = config.train.get("epochs", 0)
   n = task.num_train_examples
-  if epochs and n:
+  if epochs and n and not config.train.steps:  # an explicit train.steps wins
     updates = int(math.ceil(epochs * n / config.train.batch_size))
   else:
     updates = config.train.steps
@@ -299,8 +299,11 @@ def train_trials(configs: list[ConfigDict], workdirs: list[str], tasks: list[Tas
         elif done == total:
           _finish(r, Outcome("finished", done, r.last_eval), on_finish)
         elif preempted:
-          log.warning("SIGTERM: saved a checkpoint at step %d; exiting (%s; the same command "
-                      "continues it)", done, r.workdir)
+          if preempt.interrupted():  # the command says it last, in one line
+            Preemption.note_stopped(r.workdir, done)
+          else:
+            log.warning("SIGTERM: saved a checkpoint at step %d; exiting (%s; the same command "
+                        "continues it)", done, r.workdir)
           _finish(r, Outcome("preempted", done, r.last_eval), on_finish)
   except Exception as e:
     # Several processes, and not an error they all meet at the same step: another
@@ -316,6 +319,10 @@ def train_trials(configs: list[ConfigDict], workdirs: list[str], tasks: list[Tas
     for metrics_log in logs:
       metrics_log.close()
     preempt.restore()
+    for b in batches:  # loader workers stop now, their shared memory freed
+      close = getattr(b, "close", None)
+      if close is not None:
+        close()
   return [r.outcome for r in runs]
 
 

@@ -29,6 +29,7 @@ import math
 import os
 
 from jaxbert import defaults
+from jaxbert import model_keys
 from jaxbert import params as params_lib
 from jaxbert.config import ConfigDict, set_key, suggest
 from jaxbert.errors import UserError
@@ -210,7 +211,7 @@ def _check_together(c: ConfigDict) -> None:
   if not finetune and not c.data.corpus:
     raise UserError("config.data.corpus is empty; set --config.data.corpus=PATH (a file, folder "
                     "or glob of text) or tfds:NAME")
-  steps = t.steps if not (finetune and t.epochs > 0) else 0  # epochs: known with the data
+  steps = t.steps  # 0 in fine-tuning: from train.epochs, known with the data
   warmup = int(o.warmup_steps) if o.warmup_steps > 0 else int(round(o.warmup_fraction * steps))
   if steps and o.decay != "constant" and warmup >= steps:
     raise UserError(f"warm-up of {warmup} steps (optim.warmup_steps / optim.warmup_fraction) "
@@ -220,6 +221,7 @@ def _check_together(c: ConfigDict) -> None:
   if steps and patience and t.eval_every >= steps * int(o.accum_steps):
     raise UserError(f"train.early_stopping_patience={patience} needs evaluations during "
                     f"training: set train.eval_every below the {steps * int(o.accum_steps)} steps")
+  model_keys.check(c)
   model = architecture(c)  # bert_config's own checks, named config.model
   if model is not None and c.data.max_seq_len > model.max_position_embeddings:
     raise _bad("data.max_seq_len", c.data.max_seq_len,

@@ -18,6 +18,7 @@ import hashlib
 import itertools
 import logging
 import os
+import shutil
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -27,7 +28,7 @@ from jaxbert.data import utf8
 from jaxbert.data.docstore import DocumentStore
 from jaxbert.data.sentences import split_sentences
 from jaxbert.errors import UserError
-from jaxbert.progress import progress_bar, quiet_tfds_when_logging
+from jaxbert.progress import QuietPreparation, progress_bar, quiet_tfds_when_logging
 from jaxbert.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -71,6 +72,26 @@ def resolve_files(source: str) -> list[str]:
   return sorted(os.path.abspath(f) for f in files)
 
 
+def check_text_files(source: str) -> list[str]:
+  """`resolve_files(source)`, each checked to be text, and some text in them: a wrong
+  path or an empty corpus is reported before any work (or file) is done."""
+  files = resolve_files(source)
+  for path in files:  # a binary file is a wrong path, not text
+    problem = utf8.binary_problem(path)
+    if problem:
+      raise UserError(f"corpus file {path} is not text: {problem}; give text files as "
+                      "config.data.corpus (one sentence or paragraph per line)")
+  if not any(_has_text(path) for path in files):
+    raise UserError(f"corpus {source} has no text ({len(files)} file(s), all empty "
+                    "or blank).")
+  return files
+
+
+def _has_text(path: str) -> bool:
+  with open(path, "rb") as f:
+    return any(line.strip() for line in f)  # stops at the first line of text
+
+
 def _corpus_config_name(files: Sequence[str]) -> str:
   """A config name unique to these files' contents, in this order.
 
@@ -94,7 +115,7 @@ class TextCorpusConfig(tfds.core.BuilderConfig):
   source: str = dataclasses.field(default="", repr=False)
 
 
-class TextCorpus(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class TextCorpus(QuietPreparation, tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """A user's text files as a tfds dataset: one example per document.
 
   Features: `text` (the document's non-blank lines joined by "\\n") and `id` (its
@@ -173,18 +194,23 @@ def prepare_text_corpus(source: str, data_dir: str) -> TextCorpus:
   not text (`utf8.binary_problem`) is a UserError naming it. Logs a warning per file
   that had undecodable bytes (replaced with U+FFFD) with their count.
   """
-  files = resolve_files(source)
-  for path in files:  # before anything is written: a binary file is a wrong path, not text
-    problem = utf8.binary_problem(path)
-    if problem:
-      raise UserError(f"corpus file {path} is not text: {problem}; give text files as "
-                      "config.data.corpus (one sentence or paragraph per line)")
+  files = check_text_files(source)
   config = TextCorpusConfig(name=_corpus_config_name(files), files=tuple(files),
                             source=source)
   with _quiet_custom_config():
     builder = TextCorpus(config=config, data_dir=data_dir, file_format="array_record")
   quiet_tfds_when_logging()
-  builder.download_and_prepare()
+  # What a failed preparation leaves in data_dir (tfds's downloads/ and the corpus's
+  # folders) goes, so that data_dir is as it was; data_dir may be shared by runs.
+  made = [p for p in (os.path.join(data_dir, "downloads"),
+                      os.path.join(data_dir, TextCorpus.name, config.name),
+                      os.path.join(data_dir, TextCorpus.name), data_dir) if not os.path.exists(p)]
+  try:
+    builder.download_and_prepare()
+  except BaseException:
+    for path in made:
+      shutil.rmtree(path, ignore_errors=True)
+    raise
   # Counts in file order; the records may have been prepared from a copy at other paths.
   for path, count in zip(files, (builder.info.metadata.get("decode_errors") or {}).values()):
     utf8.warn_undecodable(path, count)
