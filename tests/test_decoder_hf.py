@@ -205,3 +205,23 @@ def test_smollm2_tokenization_on_corpus(smollm2):
   lines = lines[:1000]
   assert len(lines) == 1000
   assert tok.encode_batch(lines) == hf_tok(lines)["input_ids"]
+
+
+def test_own_sentencepiece_exports_as_transformers_tokenizer(tmp_path):
+  """Own pre-training's SentencePiece BPE, written by export-hf as tokenizer.json: the ids
+  AutoTokenizer gives equal SentencePiece's (leading and repeated spaces included)."""
+  from jaxbert import decoder_tokenizer
+  from jaxbert.hf import decoder_export
+  words = "the of and to in is it that was for on are with as his they at be this from".split()
+  rng = np.random.default_rng(0)
+  lines = [" ".join(rng.choice(words, 12)) + rng.choice([".", "!", " 42", "  x"])
+           for _ in range(2000)]
+  tok = decoder_tokenizer.train(lines, str(tmp_path / "spm"), 300)
+  cfg = decoder.decoder_preset("gpt-tiny")
+  out = tmp_path / "hf"
+  out.mkdir()
+  decoder_export._write_tokenizer(tok, str(out), cfg)  # pylint: disable=protected-access
+  hf_tok = transformers.AutoTokenizer.from_pretrained(str(out))
+  for text in lines[:200] + ["  two  leading spaces", "tab\tand\nnewline", "émoji 🙂 日本"]:
+    assert hf_tok(text)["input_ids"] == tok.encode(text), text
+  assert hf_tok.eos_token_id == tok.eos_id

@@ -93,6 +93,16 @@ def _spm_as_bpe(tokenizer):
   pad = tokenizer.id_to_piece(tokenizer.pad_id)
   tok = spm_to_tokenizers(proto, eos, eos, [pad, tokenizer.id_to_piece(tokenizer.unk_id), eos])
   tok.post_processor = None  # a decoder's text gets no [CLS]/[SEP]-style template
+  if tok.normalizer is None:
+    # Text kept as it is (no whitespace clean-up): tokenizers' Metaspace would not prepend
+    # its "▁" to text that starts with a space, SentencePiece does; prepend it here instead.
+    from tokenizers import normalizers, pre_tokenizers  # pylint: disable=g-import-not-at-top
+    from jaxbert.hf.spm_convert import _proto  # pylint: disable=g-import-not-at-top
+    m = _proto(proto)
+    steps = [normalizers.Prepend("\u2581")] if m.normalizer_spec.add_dummy_prefix else []
+    tok.normalizer = normalizers.Sequence(steps + [normalizers.Replace(" ", "\u2581")])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(
+        replacement="\u2581", prepend_scheme="never", split=bool(m.trainer_spec.split_by_whitespace))
   return bpe_tokenizer.BPETokenizer(tok, {"eos_token": eos, "pad_token": pad,
                                           "add_bos_token": False, "add_eos_token": False})
 
