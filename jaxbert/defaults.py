@@ -140,6 +140,7 @@ def finetune_config(task: str = "glue/sst2") -> ConfigDict:
   # Sentence classification and regression read "cls" (the pooler on [CLS], as BERT) or
   # "mean" (the average of the encoder's outputs over the real pieces).
   c.head = ConfigDict({"pooling": "cls"})
+  c.lora = lora_config()
   c.tokenizer = ConfigDict({"path": ""})
   c.data = ConfigDict({
       "task": task,             # a tfds name (glue/sst2, conll2003, squad/v1.1, ...) or local file
@@ -169,6 +170,17 @@ def finetune_config(task: str = "glue/sst2") -> ConfigDict:
   c.mesh = mesh_config()
   c.sweep = sweep_config()
   return c
+
+
+def lora_config() -> ConfigDict:
+  """The `lora` group: low-rank adapters on a frozen pre-trained model (jaxbert/lora.py)."""
+  return ConfigDict({
+      "rank": 0,                # R >= 1 turns LoRA on; 0: plain fine-tuning
+      "alpha": 16.0,            # the adapters' product is scaled by alpha / rank
+      # The kernels adapted: a selector over parameter names (jaxbert/params.py); by
+      # default every attention and MLP projection kernel of every layer.
+      "targets": r".*/layer_\d+/.*/kernel",
+  })
 
 
 def sweep_config() -> ConfigDict:

@@ -17,7 +17,9 @@ from jax.experimental import multihost_utils
 from jaxbert import flops as flops_lib
 from jaxbert import handover
 from jaxbert import heads
+from jaxbert import lora as lora_lib
 from jaxbert import model as model_lib
+from jaxbert import optim as optim_lib
 from jaxbert import sharding as shd
 from jaxbert.checkpoint import write_json_atomic
 from jaxbert.config import ConfigDict
@@ -82,7 +84,8 @@ class FinetuneTask:
     self.eval_data = load(d.eval_split, d.eval_options)
     self.spec = self.train_data.spec
     self.head = heads.get(self.spec.kind)
-    self.model = build_model(self.model_cfg, self.spec, config.head.pooling)
+    # With config.lora, the model carries adapters (jaxbert/lora.py); else it is as built.
+    self.model = lora_lib.wrap(build_model(self.model_cfg, self.spec, config.head.pooling), config)
     self.global_batch = config.train.batch_size
     self.local_batch = self.global_batch // jax.process_count()
     n = self.train_data.num_features
@@ -140,7 +143,8 @@ class FinetuneTask:
     if self.source is None:
       return params
     return handover.hand_over(self.source, params, param_shardings, self.workdir,
-                              reinit=self.config.reinit)
+                              reinit=self.config.reinit,
+                              trainable=optim_lib.trainable_count(params, self.config.optim.freeze))
 
   def flops_per_batch(self) -> float:
     return self.global_batch * flops_lib.finetune_flops_per_sequence(

@@ -23,6 +23,7 @@ from flax import traverse_util
 from jaxbert.checkpoint import (MODEL_JSON, integrity_problem, load_bundle, read_model_json,
                                 write_json_atomic, write_tokenizer_files)
 from jaxbert.config import ConfigDict
+from jaxbert import lora as lora_lib
 from jaxbert import params as params_lib
 from jaxbert.errors import UserError
 from jaxbert.model import BertConfig
@@ -153,13 +154,19 @@ class HandoverReport:
   new: dict[str, tuple]
   dropped: dict[str, tuple]
   reinitialised: dict[str, tuple] = dataclasses.field(default_factory=dict)
+  # (parameters the optimizer updates, all parameters): optim.freeze and LoRA's frozen base.
+  trainable: tuple[int, int] | None = None
 
   def to_dict(self):
     count = lambda d: int(sum(np.prod(s, dtype=np.int64) for s in d.values()))
-    return {"source": self.source,
-            **{k: {"tensors": len(v), "parameters": count(v), "paths": sorted(v)}
-               for k, v in (("loaded", self.loaded), ("new", self.new), ("dropped", self.dropped),
-                            ("reinitialised", self.reinitialised))}}
+    out = {"source": self.source,
+           **{k: {"tensors": len(v), "parameters": count(v), "paths": sorted(v)}
+              for k, v in (("loaded", self.loaded), ("new", self.new), ("dropped", self.dropped),
+                           ("reinitialised", self.reinitialised))}}
+    if self.trainable is not None:
+      n, total = self.trainable
+      out["trainable"] = {"parameters": n, "of": total, "fraction": n / max(total, 1)}
+    return out
 
   def describe(self) -> str:
     d = self.to_dict()
@@ -171,6 +178,9 @@ class HandoverReport:
                       for p in d[k]["paths"]})
       lines.append(f"  {k:13s} {d[k]['tensors']:4d} tensors {d[k]['parameters']:>12,d} parameters"
                    + (f"  ({', '.join(heads)})" if heads and k != "loaded" else ""))
+    if self.trainable is not None:
+      n, total = self.trainable
+      lines.append(f"  trainable     {n:>12,d} of {total:,d} parameters ({100 * n / max(total, 1):.2f} %)")
     return "\n".join(lines)
 
 
@@ -235,9 +245,11 @@ def load_encoder(source: Source, params, shardings, reinit: str = "", heads: boo
 
 
 def hand_over(source: Source, params, shardings, workdir: str, *, reinit: str = "",
-              heads: bool = False):
-  """`load_encoder`, its report printed and written to WORKDIR/handover.json; the params."""
+              heads: bool = False, trainable: tuple[int, int] | None = None):
+  """`load_encoder`, its report printed and written to WORKDIR/handover.json; the params.
+  `trainable` (trainable, total parameter counts) goes into the report."""
   params, report = load_encoder(source, params, shardings, reinit=reinit, heads=heads)
+  report.trainable = trainable
   if jax.process_index() == 0:
     print(report.describe())
     write_json_atomic(os.path.join(workdir, "handover.json"), report.to_dict())
@@ -305,7 +317,8 @@ def read_checkpoint(path: str, key: str = "checkpoint") -> Checkpoint:
         hidden_dropout=model.get("hidden_dropout", cfg.hidden_dropout),
         attention_dropout=model.get("attention_dropout", cfg.attention_dropout))
   cfg = cfg.replace(dtype="float32", remat=False)
-  params = _restore_params(source.item_dir, source.prefix)
+  # A LoRA run's adapters merged into their kernels: what it computes with.
+  params = lora_lib.merge_for_run(_restore_params(source.item_dir, source.prefix), run_config)
   head_params = [h for h in ("mlm", "nsp", "classifier", "qa_outputs") if h in params]
   entry = (tasks_lib.TFDS_TASKS.get(run_config.get("data", {}).get("task", ""))
            if run_config.get("task") == "finetune" else None)

@@ -61,6 +61,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from jaxbert import lora as lora_lib
 from jaxbert import params as params_lib
 from jaxbert.config import suggest
 from jaxbert.defaults import optim_config as default_optim_config
@@ -138,14 +139,16 @@ def _labeler(freeze: str, params: PyTree, layer_lr_decay: float = 1.0) -> Callab
   """A function mapping a tree shaped like `params` to its labels, checked now.
 
   `freeze` is a selector (jaxbert/params.py); every leaf it picks is frozen, the others
-  are labelled with their depth.
+  are labelled with their depth. A tree holding LoRA adapters (jaxbert/lora.py) also
+  freezes the pre-trained leaves around them; `freeze` then picks among those others.
   """
   selector = params_lib.parse(freeze, "optim.freeze", params_lib.FREEZE)
   names = params_lib.tree_names(params)
   needed_for = (f"optim.freeze={freeze!r}" if selector.needs_layout else
                 "optim.layer_lr_decay" if layer_lr_decay < 1 else None)
   lay = params_lib.layout(names, needed_for)
-  frozen = selector.select(names, lay)
+  frozen = selector.select([n for n in names if not lora_lib.is_adapter(n)], lay)
+  frozen |= lora_lib.frozen_base(names, lay)
 
   def label(path, _):
     name = params_lib.path_name(path)

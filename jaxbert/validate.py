@@ -89,6 +89,8 @@ RULES = {
     "model.attention_dropout": _FRACTION, "model.layer_norm_eps": _POSITIVE,
     "model.initializer_range": _POSITIVE, "model.dtype": _choice(DTYPES), "model.remat": _BOOL,
     "head.pooling": _choice(POOLINGS),
+    "lora.rank": (_int(0)[0], "must be an integer >= 1 (0: no LoRA)"), "lora.alpha": _POSITIVE,
+    "lora.targets": _STR,
     "tokenizer.path": _STR, "tokenizer.vocab_size": _int(1),
     "tokenizer.model_type": _choice(TOKENIZER_MODELS), "tokenizer.lowercase": _BOOL,
     "tokenizer.train_sentences": _int(1),
@@ -205,6 +207,9 @@ def _check_together(c: ConfigDict) -> None:
   if finetune and c.reinit and not c.init:
     raise UserError(f"config.reinit={c.reinit!r} re-initialises parts of a pre-trained "
                     "encoder, but config.init is empty; set config.init or drop config.reinit")
+  if finetune and c.lora.rank and not c.init:
+    raise UserError(f"config.lora.rank={c.lora.rank} adapts a pre-trained model, but "
+                    "config.init is empty; set config.init or drop config.lora.rank")
   if finetune and not c.init and not c.tokenizer.path:
     raise UserError("fine-tuning from random initialisation needs --config.tokenizer.path "
                     "(or start from a checkpoint with --config.init=...)")
@@ -235,7 +240,11 @@ def _check_selectors(c: ConfigDict) -> None:
   selectors = [params_lib.parse(c.optim.freeze, "optim.freeze", params_lib.FREEZE)]
   if "reinit" in c:
     selectors.append(params_lib.parse(c.reinit, "config.reinit", params_lib.REINIT))
-  if all(s.empty for s in selectors):
+  lora = c.get("lora") is not None and c.lora.rank > 0
+  if lora:  # the syntax now; that it picks a kernel once the model's names are known
+    from jaxbert import lora as lora_lib  # pylint: disable=g-import-not-at-top
+    params_lib.parse(c.lora.targets, "config.lora.targets", lora_lib.TARGETS)
+  if all(s.empty for s in selectors) and not lora:
     return
   model = architecture(c)
   if model is None:  # the checkpoint's architecture is unreadable: the run says why
@@ -244,6 +253,8 @@ def _check_selectors(c: ConfigDict) -> None:
   lay = params_lib.layout(names)
   for s in selectors:
     s.select(names, lay)
+  if lora:  # every encoder kernel is 2-D
+    lora_lib.targets({n: (0, 0) for n in names}, c.lora.targets)
 
 
 def architecture(c: ConfigDict) -> BertConfig | None:
