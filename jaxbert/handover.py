@@ -271,7 +271,8 @@ class Checkpoint:
 
 
 def _restore_params(item_dir: str, prefix: tuple[str, ...]) -> dict:
-  """Only the parameter subtree of a training state (no optimizer state), as numpy."""
+  """Only the parameter subtree of a training state (no optimizer state), as numpy; LoRA
+  adapters merged (jaxbert/lora.py)."""
   from etils import epath  # pylint: disable=g-import-not-at-top
   try:
     tree = ocp.PyTreeCheckpointHandler().metadata(epath.Path(item_dir))
@@ -289,6 +290,15 @@ def _restore_params(item_dir: str, prefix: tuple[str, ...]) -> dict:
         item=item, restore_args=restore_args, partial_restore=True))
   for key in prefix:
     out = out[key]
+  # A training run's checkpoint (WORKDIR/checkpoints/<step>/default): a LoRA run's adapters
+  # merged into their kernels, which is what the run computes with.
+  step_dir = os.path.dirname(os.path.abspath(item_dir))
+  if os.path.basename(os.path.dirname(step_dir)) == "checkpoints":
+    try:
+      with open(os.path.join(os.path.dirname(os.path.dirname(step_dir)), "config.json")) as f:
+        out = lora_lib.merge_for_run(out, json.load(f))
+    except (OSError, ValueError):
+      pass  # no readable config.json: its callers say so; no LoRA settings to apply
   return out
 
 
@@ -317,8 +327,7 @@ def read_checkpoint(path: str, key: str = "checkpoint") -> Checkpoint:
         hidden_dropout=model.get("hidden_dropout", cfg.hidden_dropout),
         attention_dropout=model.get("attention_dropout", cfg.attention_dropout))
   cfg = cfg.replace(dtype="float32", remat=False)
-  # A LoRA run's adapters merged into their kernels: what it computes with.
-  params = lora_lib.merge_for_run(_restore_params(source.item_dir, source.prefix), run_config)
+  params = _restore_params(source.item_dir, source.prefix)
   head_params = [h for h in ("mlm", "nsp", "classifier", "qa_outputs") if h in params]
   entry = (tasks_lib.TFDS_TASKS.get(run_config.get("data", {}).get("task", ""))
            if run_config.get("task") == "finetune" else None)
