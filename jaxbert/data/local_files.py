@@ -28,7 +28,7 @@ import tensorflow_datasets as tfds
 
 from jaxbert.data.file_formats import PARSERS, LocalSource
 from jaxbert.errors import UserError
-from jaxbert.progress import quiet_tfds_when_logging
+from jaxbert.progress import QuietPreparation, quiet_tfds_when_logging
 
 _EXTENSIONS = {".tsv": "tsv", ".csv": "csv", ".json": "squad", ".conll": "conll",
                ".txt": "conll"}
@@ -81,7 +81,7 @@ def _format_of(file: str) -> str:
 # tfds builders over the parsed examples.
 
 
-class _LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class _LocalBuilder(QuietPreparation, tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Writes one parsed split file as array_record; examples keep file order."""
 
   VERSION = tfds.core.Version("1.0.0")
