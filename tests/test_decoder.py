@@ -134,3 +134,25 @@ def test_config_errors():
     decoder.decoder_preset("gpt5")
   cfg = small("gpt-tiny")
   assert decoder.DecoderConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_gguf_rotary_permutation_undone():
+  """llama.cpp's converter interleaves the halves of each head's rows (its rotary layout);
+  gguf_reader._unpermute restores transformers' order, for query (9 heads) and key (3)."""
+  from jaxbert import gguf_reader
+  rng = np.random.default_rng(0)
+  for heads in (9, 3):
+    w = rng.normal(size=(heads * 8, 5)).astype(np.float32)
+    # llama.cpp: rows of a head [first half, second half] -> pairs (first[i], second[i]).
+    stored = w.reshape(heads, 2, 4, 5).swapaxes(1, 2).reshape(w.shape)
+    assert not np.array_equal(stored, w)
+    np.testing.assert_array_equal(gguf_reader._unpermute(stored, heads), w)  # pylint: disable=protected-access
+
+
+def test_import_refuses_unknown_model_type(tmp_path):
+  import json
+  from jaxbert.errors import UserError
+  from jaxbert.hf import import_hf
+  (tmp_path / "config.json").write_text(json.dumps({"model_type": "mistral"}))
+  with pytest.raises(UserError, match="model_type 'mistral' is not one jaxbert imports"):
+    import_hf(str(tmp_path), str(tmp_path / "out"))

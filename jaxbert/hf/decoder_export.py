@@ -48,8 +48,9 @@ def export_decoder(checkpoint: str, out_dir: str, architecture: str | None = Non
     raise UserError(f"{checkpoint} lacks parameter {'/'.join(missing[0])}")
   tensors = decoder_names.to_hf(rows, flat)
   for key in ("bos", "eos", "pad"):
-    if getattr(tokenizer, f"{key}_id", None) is not None:
-      hf_config[f"{key}_token_id"] = int(getattr(tokenizer, f"{key}_id"))
+    # Written even when absent (null): GPT2Config would otherwise default to GPT-2's 50256.
+    value = getattr(tokenizer, f"{key}_id", None)
+    hf_config[f"{key}_token_id"] = None if value is None else int(value)
   hf_config["torch_dtype"] = "float32"
   out_dir = os.path.abspath(out_dir)
   with new_directory(out_dir, overwrite) as tmp:

@@ -35,7 +35,8 @@ def handles(src: str) -> bool:
     return True
   try:
     with open(os.path.join(src, "config.json")) as f:
-      return json.load(f).get("model_type") in decoder_names.ARCHS
+      # Any model_type but BERT's: the BERT importer would only say it is not BERT.
+      return json.load(f).get("model_type", "bert") != "bert"
   except (OSError, ValueError, AttributeError):
     return False
 
@@ -75,13 +76,23 @@ def _read_folder(src: str):
       hf_cfg = json.load(f)
   except (OSError, ValueError) as e:
     raise UserError(f"cannot read {path}: {e}") from None
+  _arch(hf_cfg, path)  # an unknown model_type is reported before any weights are read
   tensors = read_safetensors(src)
   return hf_cfg, tensors, bpe_tokenizer.load(src), ", ".join(hf_cfg.get("architectures") or [])
 
 
+def _arch(hf_cfg: dict, where: str) -> decoder_names.Arch:
+  kind = hf_cfg.get("model_type")
+  if kind not in decoder_names.ARCHS:
+    raise UserError(f"{where}: model_type {kind!r} is not one jaxbert imports; it imports "
+                    f"'bert', {', '.join(repr(k) for k in decoder_names.ARCHS)} and GGUF files "
+                    "of Llama-style models")
+  return decoder_names.ARCHS[kind]
+
+
 def convert(hf_cfg: dict, tensors: dict, where: str):
   """(DecoderConfig, params tree of float32 arrays, unused tensor names, warnings)."""
-  arch = decoder_names.ARCHS[hf_cfg.get("model_type")]
+  arch = _arch(hf_cfg, where)
   cfg = arch.config_from_hf(hf_cfg, where)
   warnings = []
   dtypes = sorted({str(t.dtype) for t in tensors.values() if t.dtype.kind == "f"} - {"float32"})
