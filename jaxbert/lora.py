@@ -43,7 +43,7 @@ A, B = "lora_a", "lora_b"
 # projections, in the encoder (bert/encoder/layer_N/...) and the decoder (decoder/layer_N/...).
 DEFAULT_TARGETS = r".*/layer_\d+/.*/kernel"
 # Shorthands that make sense for targets (the kernels within the parts they name).
-TARGETS = ("none", "encoder", "bottom", "top", "layers")
+TARGETS = ("none", "encoder", "decoder", "bottom", "top", "layers")
 # Pre-trained parameters outside the backbone that LoRA freezes too.
 PRETRAINED_OUTSIDE_BACKBONE = ("lm_head",)
 

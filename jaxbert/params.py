@@ -24,9 +24,12 @@ must match a whole name, such as `bert/encoder/layer_(10|11)/.*` or
 `.*/attention/(query|value)/kernel`, or a shorthand:
 
     none            nothing (so does the empty string)
-    encoder         the whole backbone: bert/.*
-    embeddings      bert/embeddings/.*
-    pooler          bert/pooler/.*
+    encoder         the whole backbone of an encoder: bert/.*
+    decoder         the whole backbone of a decoder: decoder/.* (not lm_head)
+    embeddings      bert/embeddings/.* (a decoder's: decoder/embeddings/.*, the token
+                    and, for GPT-2, position tables)
+    pooler          bert/pooler/.* (a decoder's counterpart, between the last layer and
+                    the head at the same depth: decoder/final_norm/.*)
     bottom:K        the embeddings and layers 0..K-1 (0 <= K <= L)
     top:K           the last K layers (1 <= K <= L)
     layers:I,J,...  those layers (0 <= I < L)
@@ -52,12 +55,13 @@ from jaxbert.errors import UserError
 # Top-level keys of model backbones; a new model family adds its own.
 BACKBONES = ("bert", "decoder")
 SHORTHANDS = {
-    "none": "none", "encoder": "encoder", "embeddings": "embeddings", "pooler": "pooler",
+    "none": "none", "encoder": "encoder", "decoder": "decoder", "embeddings": "embeddings",
+    "pooler": "pooler",
     "bottom": "bottom:K", "top": "top:K", "layers": "layers:I,J,...",
 }
 # Freezing the layers next to the head while those below train is almost always a
 # mix-up with bottom:K, so `optim.freeze` takes no top:K (a regular expression can).
-FREEZE = ("none", "encoder", "embeddings", "pooler", "bottom", "layers")
+FREEZE = ("none", "encoder", "decoder", "embeddings", "pooler", "bottom", "layers")
 REINIT = ("none", "pooler", "embeddings", "top", "layers")
 _WITH_ARGS = ("bottom", "top", "layers")
 _LAYER = re.compile(r"layer_(\d+)")
@@ -194,8 +198,16 @@ class Selector:
       return [item.regex.pattern]
     if s == "none":
       return []
-    if s in ("encoder", "embeddings", "pooler"):
-      return [f"{b}/.*" if s == "encoder" else f"{b}/{s}/.*"]
+    if s in ("encoder", "decoder"):
+      if (s == "decoder") != (b == "decoder"):
+        what, other = ("an encoder", "decoder") if s == "encoder" else ("a decoder", "encoder")
+        raise self.error(f"{item.text!r} names the backbone of {what}, but this model's "
+                         f"backbone is {b!r}: use {other}")
+      return [f"{b}/.*"]
+    if s == "pooler" and b == "decoder":
+      return [f"{b}/final_norm/.*"]
+    if s in ("embeddings", "pooler"):
+      return [f"{b}/{s}/.*"]
     (k,) = args if s != "layers" else (None,)
     if s == "bottom" and k > n or s == "top" and not 1 <= k <= n:
       raise self.error(f"{item.text!r} is out of range for {n} layers")
