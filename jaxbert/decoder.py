@@ -267,10 +267,7 @@ class Decoder(nn.Module):
   def __call__(self, input_ids, positions, mask, deterministic, cache=None):
     x = self.dropout(self.embeddings(input_ids, positions), deterministic=deterministic)
     for i, block in enumerate(self.layers):
-      if cache is None:
-        x, _ = block(x, positions, mask, deterministic)
-      else:
-        x, cache = block(x, positions, mask, deterministic, cache, i)
+      x, cache = block(x, positions, mask, deterministic, cache, i)
     return self.final_norm(x).astype(jnp.float32), cache
 
   def attend(self, h):

@@ -156,3 +156,17 @@ def test_import_refuses_unknown_model_type(tmp_path):
   (tmp_path / "config.json").write_text(json.dumps({"model_type": "mistral"}))
   with pytest.raises(UserError, match="model_type 'mistral' is not one jaxbert imports"):
     import_hf(str(tmp_path), str(tmp_path / "out"))
+
+
+def test_remat_same_loss_and_gradients_with_dropout():
+  grads = []
+  for remat in (False, True):
+    model, params = model_and_params("gpt-tiny", remat=remat, dropout_rate=0.1)
+    ids = random_ids((2, 8))
+    loss = lambda p, m=model: m.apply({"params": p}, ids, deterministic=False,
+                                      rngs={"dropout": jax.random.key(1)}).mean()
+    grads.append(jax.jit(jax.value_and_grad(loss))(params))
+  (v0, g0), (v1, g1) = grads
+  np.testing.assert_allclose(v0, v1, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+    np.testing.assert_allclose(a, b, atol=1e-6)
