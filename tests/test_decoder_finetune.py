@@ -100,3 +100,86 @@ def test_lora_targets_every_projection_and_freezes_the_rest(tree):
   frozen = lora.frozen_base(with_adapters)
   # Everything pre-trained, the untied lm_head included; nothing else is left to train.
   assert frozen == set(names)
+
+
+# --- last-token classification vs transformers' *ForSequenceClassification ----------
+
+
+def _hf_classifier(arch, num_labels):
+  """A random tiny transformers classifier of the family, and its DecoderConfig."""
+  transformers = pytest.importorskip("transformers")
+  torch = pytest.importorskip("torch")
+  from jaxbert.hf import decoder_names
+  cfg = decoder_lib.decoder_preset("gpt-tiny" if arch == "gpt2" else "llama-tiny",
+                                   vocab_size=96, num_layers=2, max_position_embeddings=32)
+  hf_cfg = dict(decoder_names.arch_of(cfg).config_to_hf(cfg), num_labels=num_labels,
+                pad_token_id=0)
+  hf_cfg.pop("architectures")
+  cls = (transformers.GPT2ForSequenceClassification if arch == "gpt2"
+         else transformers.LlamaForSequenceClassification)
+  config_cls = transformers.GPT2Config if arch == "gpt2" else transformers.LlamaConfig
+  torch.manual_seed(0)
+  hf = cls(config_cls(**hf_cfg)).eval()
+  return cfg, hf
+
+
+def _ours_from_hf(cfg, hf):
+  from flax import traverse_util
+  from jaxbert.hf import decoder_names
+  tensors = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
+  rows = decoder_names.arch_of(cfg).rows(cfg)
+  flat = decoder_names.to_flax([r for r in rows if r.hf in tensors], tensors)
+  flat[("score", "kernel")] = tensors["score.weight"].T.copy()
+  return traverse_util.unflatten_dict(flat)
+
+
+def _padded_batch():
+  """Rows of 3..8 tokens, right- and left-padded to 8 (pad id 0 never in the text)."""
+  rng = np.random.default_rng(0)
+  lengths = [8, 3, 5, 6]
+  ids = np.zeros((2 * len(lengths), 8), np.int32)
+  mask = np.zeros_like(ids)
+  for i, n in enumerate(lengths):
+    toks = rng.integers(1, 96, n)
+    ids[i, :n], mask[i, :n] = toks, 1            # right padding
+    ids[i + 4, 8 - n:], mask[i + 4, 8 - n:] = toks, 1  # the same text, left padding
+  return ids, mask
+
+
+@pytest.mark.parametrize("arch, num_labels", [("gpt2", 3), ("llama", 2), ("llama", 1)])
+def test_last_token_classifier_matches_transformers(arch, num_labels, tmp_path):
+  import torch
+  import transformers
+  from safetensors import numpy as st_numpy
+  from jaxbert.heads import last_token
+  cfg, hf = _hf_classifier(arch, num_labels)
+  params = _ours_from_hf(cfg, hf)
+  ids, mask = _padded_batch()
+  model = last_token.DecoderForSequenceClassification(cfg, num_labels)
+  names = set(P.tree_names(jax.eval_shape(
+      lambda: model.init(jax.random.key(0), {"input_ids": ids, "attention_mask": mask}))["params"]))
+  assert names == set(P.tree_names(params)) and "score/kernel" in names
+  assert not any(n.startswith("lm_head") for n in names)
+  ours = np.asarray(model.apply({"params": params},
+                                {"input_ids": jnp.asarray(ids), "attention_mask": jnp.asarray(mask)})["logits"])
+  positions = np.maximum(np.cumsum(mask, -1) - 1, 0)
+  hf_logits = lambda m, **kw: m(input_ids=torch.tensor(ids, dtype=torch.long),
+                                attention_mask=torch.tensor(mask, dtype=torch.long),
+                                **kw).logits.detach().numpy()
+  theirs = hf_logits(hf, position_ids=torch.tensor(positions, dtype=torch.long))
+  np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=1e-4)
+  # Right-padded rows: transformers' own numbering gives the same.
+  np.testing.assert_allclose(ours[:4], hf_logits(hf)[:4], atol=1e-4, rtol=1e-4)
+  # The same text padded on either side is classified alike.
+  np.testing.assert_allclose(ours[:4], ours[4:], atol=1e-4)
+  # Written as a folder, transformers' class loads it with equal logits.
+  hf_config, tensors = last_token.hf_state(cfg, jax.tree.map(np.asarray, params), num_labels,
+                                           pad_id=0)
+  folder = tmp_path / "hf"
+  folder.mkdir()
+  (folder / "config.json").write_text(__import__("json").dumps(hf_config))
+  (folder / "model.safetensors").write_bytes(st_numpy.save(tensors, metadata={"format": "pt"}))
+  loaded = transformers.AutoModelForSequenceClassification.from_pretrained(str(folder)).eval()
+  assert type(loaded).__name__ == last_token.HF_ARCHITECTURES[arch]
+  again = hf_logits(loaded, position_ids=torch.tensor(positions, dtype=torch.long))
+  np.testing.assert_allclose(again, ours, atol=1e-4, rtol=1e-4)
