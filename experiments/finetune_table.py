@@ -37,7 +37,10 @@ RECIPES = {
 }
 # On every task, as in the README table's runs: the `rbg` key stream (it was the cheaper
 # dropout generator before jaxbert/dropout.py; kept so these commands reproduce the table).
-COMMON = ["--config.train.prng_impl=rbg"]
+# The tfds tasks' data: $JAXBERT_DATA_DIR, else this project's shared copy beside the repo.
+DATA_DIR = os.environ.get("JAXBERT_DATA_DIR") or os.path.join(os.path.dirname(REPO), "shared",
+                                                              "data", "tfds")
+COMMON = ["--config.train.prng_impl=rbg", f"--config.data.data_dir={DATA_DIR}"]
 # What the table shows per task (the first is the task's main metric).
 SHOWN = {"sst2": ["accuracy"], "mrpc": ["f1", "accuracy"], "stsb": ["spearman", "pearson"],
          "cola": ["mcc"], "conll2003": ["f1", "precision", "recall"],

@@ -27,7 +27,7 @@ import os
 import statistics
 import sys
 
-from experiments.finetune_table import run_jaxbert, show
+from experiments.finetune_table import DATA_DIR, run_jaxbert, show
 
 # name -> (config file, training split or "" for the config's, epochs, learning rates,
 # further flags).
@@ -41,7 +41,8 @@ RECIPES = {
                         ("--config.optim.freeze=encoder",)),
 }
 DEFAULT_RECIPES = ("sst2_16k", "sst2_2k", "conll")
-COMMON = ["--config.data.max_seq_len=64", "--config.train.prng_impl=rbg"]
+COMMON = ["--config.data.max_seq_len=64", "--config.train.prng_impl=rbg",
+          f"--config.data.data_dir={DATA_DIR}"]
 METRIC = {"sst2": "accuracy", "conll2003": "f1"}
 
 

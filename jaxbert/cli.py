@@ -25,6 +25,12 @@ import sys
 def _train_command(args, overrides) -> int:
   from jaxbert import config as config_lib  # pylint: disable=g-import-not-at-top
   config = config_lib.load(args.config, overrides)  # a config mistake is reported first
+# multiprocessing starts a loader worker by running this module (the main one) again in
+# the new process: from then on it ignores Ctrl-C, which the training process handles
+# (jaxbert/preemption.py), instead of dying of it with a traceback while it starts.
+if getattr(multiprocessing.current_process(), "_inheriting", False):
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+
   from jaxbert.run import run  # pylint: disable=g-import-not-at-top
   if config.get("task") != args.command:
     from jaxbert.errors import UserError  # pylint: disable=g-import-not-at-top

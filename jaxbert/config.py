@@ -175,10 +175,11 @@ def apply_overrides(config: ConfigDict, overrides: Iterable[str]) -> ConfigDict:
 def load(path: str, overrides: Iterable[str] = ()) -> ConfigDict:
   """The config file with the overrides applied, validated as a whole (jaxbert/validate.py)
   before any data is read."""
-  from jaxbert.validate import validate  # pylint: disable=g-import-not-at-top
+  from jaxbert.validate import check_data_locations, validate  # pylint: disable=g-import-not-at-top
   config = load_config_file(path)
   apply_overrides(config, overrides)
   validate(config)
+  check_data_locations(config)
   return config
 
 

@@ -7,10 +7,25 @@ values; every key a user can override on the command line is defined here once.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 from jaxbert.config import ConfigDict
 from jaxbert.errors import UserError
 from jaxbert.model import BertConfig, preset
+
+
+# Where data lives differs per machine, so no config file names it: these environment
+# variables give the defaults (the command line's --config.data.* still wins).
+CORPUS_ENV = "JAXBERT_CORPUS"       # pre-training text: data.corpus
+DATA_DIR_ENV = "JAXBERT_DATA_DIR"   # prepared tfds datasets: data.data_dir (fine-tuning)
+
+
+def corpus_default() -> str:
+  return os.environ.get(CORPUS_ENV, "")
+
+
+def data_dir_default() -> str:
+  return os.environ.get(DATA_DIR_ENV, "")
 
 
 def model_config(preset_name: str = "mini") -> ConfigDict:
@@ -92,7 +107,7 @@ def pretrain_config(preset_name: str = "mini") -> ConfigDict:
   c.data = ConfigDict({
       # A local file, folder or glob (one sentence/paragraph per line, blank line between
       # documents), or "tfds:<name>" for a tfds text dataset (e.g. tfds:wikipedia/20230601.en).
-      "corpus": "",
+      "corpus": corpus_default(),  # "" unless $JAXBERT_CORPUS is set
       "text_field": "text",
       "split": "train",
       "tfds_data_dir": "",      # "" -> WORKDIR/tfds for local corpora, tfds's default otherwise
@@ -126,7 +141,9 @@ def pretrain_config(preset_name: str = "mini") -> ConfigDict:
 def finetune_config(task: str = "glue/sst2") -> ConfigDict:
   c = ConfigDict()
   c.task = "finetune"
-  c.name = f"finetune-{task.replace('/', '-')}"
+  # Named after data.task, whatever sets it (a config file, --config.data.task=...), unless
+  # set itself; a local task by its folder's name.
+  c.name = ""
   # A pre-training workdir, one of its checkpoints/<step> folders, or a `jaxbert import-hf`
   # bundle. The encoder comes from there (architecture, weights, tokenizer); heads are new.
   c.init = ""
@@ -146,7 +163,9 @@ def finetune_config(task: str = "glue/sst2") -> ConfigDict:
       "task": task,             # a tfds name (glue/sst2, conll2003, squad/v1.1, ...) or local file
       "train_split": "train",   # tfds split syntax, slicing included: train[:10%]
       "eval_split": "validation",
-      "data_dir": "",           # tfds data_dir; "" uses tfds's default
+      # tfds data_dir of a tfds task ("" unless $JAXBERT_DATA_DIR is set; a tfds task needs
+      # one). Local task files are always prepared under WORKDIR/tfds.
+      "data_dir": data_dir_default(),
       "max_seq_len": 128,
       # load_task options for both splits (QA: doc_stride, max_query_len, max_answer_len,
       # n_best_size, null_score_threshold; local files: format, labels, column names) ...
@@ -169,7 +188,17 @@ def finetune_config(task: str = "glue/sst2") -> ConfigDict:
   c.train.early_stopping_min_delta = 0.0
   c.mesh = mesh_config()
   c.sweep = sweep_config()
+  # A reference, not a copy: overriding data.task renames the run (FieldReference ops are
+  # how ml_collections derives one field from another).
+  c.name = c.data.get_ref("task")._apply_op(task_run_name)  # pylint: disable=protected-access
   return c
+
+
+def task_run_name(task: str) -> str:
+  """finetune-glue-sst2 for a tfds task, finetune-<folder or file stem> for local files."""
+  if not os.path.exists(task):  # a tfds name (or a path the run will report missing)
+    return "finetune-" + (task.strip("/").replace("/", "-") or "local")
+  return "finetune-" + os.path.splitext(os.path.basename(os.path.abspath(task)))[0]
 
 
 def lora_config() -> ConfigDict:

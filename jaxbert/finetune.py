@@ -43,6 +43,25 @@ def _rows(data: tasks_lib.TaskData, idx: np.ndarray) -> dict[str, np.ndarray]:
   return {k: v[idx] for k, v in data.arrays.items()}
 
 
+def _refuse_unlabeled(config: ConfigDict, key: str, data: tasks_lib.TaskData) -> None:
+  """A UserError naming `config.data.<key>` when its split has examples without a label."""
+  head = heads.get(data.spec.kind)
+  labels = data.arrays.get(head.label_keys[0]) if head.label_keys else None
+  if labels is None or not labels.size or not getattr(head, "unlabeled", None) \
+      or not head.unlabeled(labels):
+    return
+  d = config.data
+  missing = int(np.sum(np.isnan(labels) if labels.dtype.kind == "f" else labels < 0))
+  local = "" if d.task in tasks_lib.TFDS_TASKS else (
+      f" (no {d.options.get('label_column', 'label')!r} column: set "
+      "config.data.options.label_column if it has another name)")
+  use = ("train on a labeled split" if key == "train_split" else
+         "evaluate on a labeled split (a local task's dev file is split 'validation'), then "
+         f"label this one with `jaxbert predict --checkpoint WORKDIR --split {d[key]}`")
+  raise UserError(f"config.data.{key}={d[key]!r}: {missing} of {labels.size} examples of "
+                  f"{d.task} have no label{local}; {use}")
+
+
 class FinetuneTask:
   """Supervised training on one task; see jaxbert/train.py for the Task protocol."""
 
@@ -75,13 +94,15 @@ class FinetuneTask:
     if d.max_seq_len > self.model_cfg.max_position_embeddings:
       raise UserError(f"config.data.max_seq_len={d.max_seq_len} exceeds the model's "
                       f"max_position_embeddings={self.model_cfg.max_position_embeddings}")
-    # Local task files are prepared (array_record) inside the run unless told otherwise.
-    data_dir = d.data_dir or (None if d.task in tasks_lib.TFDS_TASKS else os.path.join(workdir, "tfds"))
+    # A tfds task's data_dir (checked), or WORKDIR/tfds where local files are prepared.
+    data_dir = tasks_lib.task_data_dir(d.task, d.data_dir, workdir)
     load = lambda split, options: tasks_lib.load_task(
         d.task, split=split, tokenizer=self.tokenizer, max_seq_len=d.max_seq_len,
         data_dir=data_dir, **{**d.options.to_dict(), **options.to_dict()})
     self.train_data = load(d.train_split, d.train_options)
     self.eval_data = load(d.eval_split, d.eval_options)
+    for key, data in (("train_split", self.train_data), ("eval_split", self.eval_data)):
+      _refuse_unlabeled(config, key, data)  # before training, not when evaluating after it
     self.spec = self.train_data.spec
     self.head = heads.get(self.spec.kind)
     # With config.lora, the model carries adapters (jaxbert/lora.py); else it is as built.

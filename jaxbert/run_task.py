@@ -17,6 +17,7 @@ import tempfile
 from jaxbert.checkpoint import MODEL_JSON
 from jaxbert.config import ConfigDict
 from jaxbert.data import tasks as tasks_lib
+from jaxbert.defaults import data_dir_default
 from jaxbert.errors import UserError
 
 
@@ -73,9 +74,10 @@ def load_run_split(workdir: str, config: ConfigDict, split: str, tokenizer,
   local = d.task not in tasks_lib.TFDS_TASKS
   prepared = os.path.join(workdir, "tfds")
   with tempfile.TemporaryDirectory(prefix="jaxbert-task-") as tmp:
-    data_dir = d.get("data_dir") or ((prepared if os.path.isdir(prepared) else tmp)
-                                     if local else None)
     try:
+      # Local files: where the run prepared them (never into a data_dir); tfds: its data_dir.
+      data_dir = ((prepared if os.path.isdir(prepared) else tmp) if local else
+                  tasks_lib.tfds_data_dir(d.task, d.get("data_dir") or data_dir_default()))
       return tasks_lib.load_task(d.task, split=split, tokenizer=tokenizer,
                                  max_seq_len=d.max_seq_len, data_dir=data_dir, **_options(d))
     except UserError as e:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import glob
 import json
 import math
 import os
@@ -101,7 +102,9 @@ RULES = {
     "data.short_seq_prob": _num(lambda v: 0 <= v <= 1, "must be in [0, 1]"),
     "data.whole_word": _BOOL, "data.packing": _int(0), "data.num_workers": _int(0),
     "data.eval_examples": _int(1),
-    "data.task": _NONEMPTY, "data.train_split": _NONEMPTY, "data.eval_split": _NONEMPTY,
+    "data.task": (_NONEMPTY[0], "set --config.data.task=path/to/folder (your own files) or a "
+                  "tfds task name (glue/sst2, conll2003, squad/v1.1, ...)"),
+    "data.train_split": _NONEMPTY, "data.eval_split": _NONEMPTY,
     "data.data_dir": _STR,
     "train.steps": _int(0), "train.batch_size": _int(1), "train.seed": _ANY_INT,
     "train.log_every": _int(1), "train.eval_every": _int(1), "train.checkpoint_every": _int(1),
@@ -215,7 +218,8 @@ def _check_together(c: ConfigDict) -> None:
                     "(or start from a checkpoint with --config.init=...)")
   if not finetune and not c.data.corpus:
     raise UserError("config.data.corpus is empty; set --config.data.corpus=PATH (a file, folder "
-                    "or glob of text) or tfds:NAME")
+                    f"or glob of text, or tfds:NAME) or the environment variable "
+                    f"{defaults.CORPUS_ENV}")
   steps = t.steps  # 0 in fine-tuning: from train.epochs, known with the data
   warmup = int(o.warmup_steps) if o.warmup_steps > 0 else int(round(o.warmup_fraction * steps))
   if steps and o.decay != "constant" and warmup >= steps:
@@ -231,6 +235,20 @@ def _check_together(c: ConfigDict) -> None:
   if model is not None and c.data.max_seq_len > model.max_position_embeddings:
     raise _bad("data.max_seq_len", c.data.max_seq_len,
                f"must be <= the model's max_position_embeddings={model.max_position_embeddings}")
+
+
+def check_data_locations(c: ConfigDict) -> None:
+  """The run's data is where the config says (config.load runs it after validate): a
+  pre-training corpus that exists, a tfds task's data_dir or a local task's files; one line
+  naming the key, and the environment variable when the value came from it."""
+  if c.task == "pretrain":
+    corpus = c.data.corpus
+    if corpus.startswith("tfds:") or glob.glob(corpus):
+      return
+    origin = f" (from {defaults.CORPUS_ENV})" if corpus == os.environ.get(defaults.CORPUS_ENV) else ""
+    raise UserError(f"config.data.corpus={corpus}{origin}: no such file, folder or glob match")
+  from jaxbert.data import tasks  # pylint: disable=g-import-not-at-top
+  tasks.task_data_dir(c.data.task, c.data.data_dir, "")
 
 
 # ----------------------------------------------------------------------------- selectors

@@ -1,10 +1,11 @@
 """Fine-tune extractive QA on SQuAD v1.1.
 
-../shared/data holds only the validation split: train on the questions of the first 80 % of
-its articles and evaluate on the rest, so no context is in both (plain `validation[:80%]`
-slicing would cut articles in half, since tfds stores the split shuffled).
+For a copy of SQuAD v1.1 that holds only its validation split: train on the questions of
+the first 80 % of its articles and evaluate on the rest, so no context is in both (plain
+`validation[:80%]` slicing would cut articles in half, since tfds stores the split shuffled).
 
-  jaxbert finetune --config configs/finetune/squad.py --workdir runs/squad --config.init=CHECKPOINT
+  jaxbert finetune --config configs/finetune/squad.py --workdir runs/squad --config.init=CHECKPOINT \
+      --config.data.data_dir=TFDS_DIR   # or export JAXBERT_DATA_DIR=TFDS_DIR
 """
 
 from jaxbert.defaults import finetune_config
@@ -12,7 +13,6 @@ from jaxbert.defaults import finetune_config
 
 def get_config():
   config = finetune_config("squad/v1.1")
-  config.data.data_dir = "../shared/data/tfds"
   config.data.train_split = "validation"
   config.data.eval_split = "validation"
   config.data.train_options.article_split = (0.0, 0.8)

@@ -1,6 +1,7 @@
-"""Fine-tune on glue/stsb (read from ../shared/data/tfds; set data.data_dir for your own copy).
+"""Fine-tune on glue/stsb (a tfds dataset).
 
-  jaxbert finetune --config configs/finetune/stsb.py --workdir runs/stsb --config.init=CHECKPOINT
+  jaxbert finetune --config configs/finetune/stsb.py --workdir runs/stsb --config.init=CHECKPOINT \
+      --config.data.data_dir=TFDS_DIR   # or export JAXBERT_DATA_DIR=TFDS_DIR
 """
 
 from jaxbert.defaults import finetune_config
@@ -8,7 +9,6 @@ from jaxbert.defaults import finetune_config
 
 def get_config():
   config = finetune_config("glue/stsb")
-  config.data.data_dir = "../shared/data/tfds"
   config.train.batch_size = 32
   config.train.epochs = 3
   config.optim.lr = 5e-5

@@ -9,7 +9,6 @@ from jaxbert.defaults import pretrain_config
 
 def get_config():
   config = pretrain_config("mini")
-  config.data.corpus = "../shared/data/corpus"
   config.tokenizer.vocab_size = 16000
   config.train.batch_size = 64
   config.train.steps = 20_000

@@ -1,11 +1,21 @@
 """Parsers of the user's task files, one split file each, into a `LocalSource`.
 
+Options are `config.data.options.<name>` (and errors name them so):
+
 - "tsv" / "csv" (`.tsv`, `.csv`): a header row naming the columns, then one
-  example per row. Columns `text`, optional `text_pair`, `label` by default; the
-  options `text_column`, `text_pair_column` and `label_column` rename them (for
-  the GLUE SST-2 files: text_column="sentence"). Other columns are ignored. A
-  file without the label column is unlabeled (a test set). `kind="regression"`
-  makes the label a float.
+  example per row. The text is column `text` (with `text_pair` beside it for a
+  pair task), else a known pair of columns (sentence1/sentence2, question/sentence,
+  question1/question2, premise/hypothesis), else `sentence`; `text_column` and
+  `text_pair_column` name others (`text_pair_column=""`: single texts). A table
+  holding another text column besides the chosen one is refused rather than read as
+  single texts. `label_column` (default `label`); a file without it is unlabeled (a
+  test set). `kind="regression"` makes the label a float. Other columns are ignored.
+  Quoting (`quoting`): "auto" (default) reads CSV files with the csv module's rules
+  (a field wrapped in quotes, inner quotes doubled) and TSV files so when every quote
+  mark in the file belongs to such a field (what pandas and csv writers produce);
+  a TSV whose quote marks sit inside unquoted text (GLUE's own files) is read as
+  plain text, quote marks kept, unless it also has CSV-quoted fields: then the first
+  stray quote is reported. "csv" always decodes quoting, "none" never does.
 - "conll" (`.conll`, `.txt`): one word per line with whitespace-separated
   columns, the word first and the NER tag (IOB2) last (`token_column`,
   `tag_column` choose others), a blank line between sentences, `-DOCSTART-`
@@ -25,6 +35,7 @@ import csv
 import dataclasses
 import io
 import json
+import re
 from typing import Any
 
 from jaxbert.data import utf8
@@ -43,6 +54,12 @@ class LocalSource:
   label_names: tuple[str, ...] = ()
   has_pair: bool = False
   version_2: bool = False
+  columns: tuple[str, ...] = ()  # a table's text columns, as its header names them
+
+
+def option_key(name: str) -> str:
+  """How a local-file option is set: its full config key."""
+  return f"config.data.options.{name}"
 
 
 def _read_text(file: str) -> str:
@@ -65,54 +82,128 @@ def _read_text(file: str) -> str:
 # TSV / CSV.
 
 
-def _table_rows(file: str, fmt: str, columns: dict[str, str], required: set[str]):
-  """Yields the {role: column} found, then (line number, {role: value}) per row."""
-  lines = io.StringIO(_read_text(file), newline="")
-  if fmt == "tsv":
-    # GLUE TSVs contain bare quotes inside sentences: no quoting for TSV.
-    reader = csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_NONE)
+QUOTINGS = ("auto", "csv", "none")
+# Column pairs whose names say which text comes first (GLUE's and the tfds tasks' names).
+TEXT_PAIRS = (("text", "text_pair"), ("sentence1", "sentence2"), ("question", "sentence"),
+              ("question1", "question2"), ("premise", "hypothesis"), ("text_a", "text_b"))
+_TEXT_NAMES = {n for pair in TEXT_PAIRS for n in pair} | {"context", "passage"}
+
+
+def _quoted_field(delim: str) -> re.Pattern:
+  """A whole field in CSV quoting: wrapped in quotes, inner quotes doubled."""
+  d = re.escape(delim)
+  return re.compile(rf'(?:^|(?<={d}))"(?:[^"]|"")*"(?={d}|\r?$)', re.M)
+
+
+def _decode_quotes(text: str, file: str, fmt: str, quoting: str) -> bool:
+  """Whether the table's fields are read with CSV quoting (see the module docstring)."""
+  if quoting not in QUOTINGS:
+    raise UserError(f"{option_key('quoting')}={quoting!r} is not one of {list(QUOTINGS)}")
+  if quoting != "auto" or fmt == "csv":
+    return quoting != "none"
+  if '"' not in text:
+    return False
+  pattern = _quoted_field("\t")
+  # The text with every quoted field blanked (same length, so positions still match).
+  stray = pattern.sub(lambda m: " " * len(m.group()), text).find('"')
+  if stray < 0:
+    return True  # every quote mark belongs to a quoted field
+  csv_style = next((m for m in pattern.finditer(text)
+                    if re.search(r'""|\t|\n', m.group()[1:-1])), None)
+  if csv_style is None:
+    return False  # quote marks are text (GLUE's files); read them as they are
+  line, first = (text.count("\n", 0, i) + 1 for i in (stray, csv_style.start()))
+  raise UserError(f"{file}:{line}: a quote mark outside a quoted field, in a file that uses CSV "
+                  f"quoting elsewhere (line {first}: a field wrapped in quotes with inner quotes "
+                  "doubled); fix the field (wrap it in quotes, double its inner quotes), or set "
+                  f"{option_key('quoting')}=none to keep every quote mark as text")
+
+
+def _table_rows(file: str, fmt: str, quoting: str):
+  """Yields the header, then (line number, row) per non-empty row."""
+  text = _read_text(file)
+  decode = _decode_quotes(text, file, fmt, quoting)
+  delim = "\t" if fmt == "tsv" else ","
+  lines = io.StringIO(text, newline="")
+  if decode:
+    reader = csv.reader(lines, delimiter=delim, strict=True)
   else:
-    reader = csv.reader(lines)
-  try:
-    header = next(reader)
-  except StopIteration:
-    raise UserError(f"{file}: empty file (a header row naming the columns is "
-                    "needed)") from None
-  index = {}
-  for role, name in columns.items():
-    if name in header:
-      index[role] = header.index(name)
-    elif role in required:
-      raise UserError(f"{file}:1: no column {name!r} in the header {header}; set "
-                      f"{role}_column= to the right column name")
-  yield index  # the caller learns which optional columns exist
+    reader = csv.reader(lines, delimiter=delim, quoting=csv.QUOTE_NONE)
   sep = "tab-separated" if fmt == "tsv" else "comma-separated"
-  for row in reader:
-    if not row or row == [""]:
-      continue
-    if len(row) != len(header):
-      raise UserError(f"{file}:{reader.line_num}: {len(row)} {sep} columns but the "
-                      f"header has {len(header)}; fix that row (a stray "
-                      f"{'tab' if fmt == 'tsv' else 'comma or quote'}?)")
-    yield reader.line_num, {role: row[i] for role, i in index.items()}
+  try:
+    header = next(reader, None)
+    if header is None:
+      raise UserError(f"{file}: empty file (a header row naming the columns is needed)")
+    yield header
+    for row in reader:
+      if not row or row == [""]:
+        continue
+      if len(row) != len(header):
+        raise UserError(f"{file}:{reader.line_num}: {len(row)} {sep} columns but the "
+                        f"header has {len(header)}; fix that row (a stray "
+                        f"{'tab' if fmt == 'tsv' else 'comma or quote'}?)")
+      yield reader.line_num, row
+  except csv.Error as e:
+    raise UserError(f"{file}:{reader.line_num}: unbalanced CSV quoting ({e}): a field that "
+                    "starts with a quote must end with one, inner quotes doubled; fix the "
+                    f"row, or set {option_key('quoting')}=none to read quote marks as "
+                    "text") from None
+
+
+def text_columns(header: list[str], options: dict, file: str) -> tuple[str, ...]:
+  """The table's text column(s): one name, or two for a pair (see the module docstring)."""
+  text, pair = options.get("text_column"), options.get("text_pair_column")
+  where = f"{file}:1: the header {header}"
+  if text is None:
+    found = [p for p in TEXT_PAIRS if p[0] in header and p[1] in header]
+    if pair is None and len(found) > 1:
+      raise UserError(f"{where} has several pairs of text columns {found}; set "
+                      f"{option_key('text_column')} and {option_key('text_pair_column')}")
+    if pair is None and found:
+      return found[0]
+    text = next((n for n in ("text", "sentence") if n in header), None)
+    if text is None:
+      raise UserError(f"{where} has no column 'text'; set {option_key('text_column')}=NAME "
+                      f"(and {option_key('text_pair_column')}=NAME for pairs of texts)")
+  if text not in header:
+    raise UserError(f"{where} has no column {text!r} ({option_key('text_column')}); set it "
+                    "to the column holding the text")
+  if pair == "":
+    return (text,)
+  if pair is not None:
+    if pair not in header:
+      raise UserError(f"{where} has no column {pair!r} ({option_key('text_pair_column')}); "
+                      "set it to the column holding the second text, or to '' for single "
+                      "texts")
+    return text, pair
+  partner = dict(TEXT_PAIRS).get(text)
+  if partner in header:
+    return text, partner
+  label = options.get("label_column", "label")
+  others = [n for n in header if n not in (text, label) and n.lower() in _TEXT_NAMES]
+  if others:
+    raise UserError(f"{where} has the text column {others[0]!r} besides "
+                    f"{option_key('text_column')}={text!r}; set "
+                    f"{option_key('text_pair_column')}={others[0]} for pairs of texts, or "
+                    f"{option_key('text_pair_column')}='' to read single texts")
+  return (text,)
 
 
 def _parse_table(file, fmt, split, options, label_names) -> LocalSource:
   kind = options.get("kind", "classification")
   if kind not in ("classification", "regression"):
-    raise UserError(f"kind={kind!r}: a {fmt} task is 'classification' or 'regression'")
-  columns = {"text": options.get("text_column", "text"),
-             "text_pair": options.get("text_pair_column", "text_pair"),
-             "label": options.get("label_column", "label")}
-  # The label column may be absent (an unlabeled test file); an explicitly named
-  # pair column may not.
-  required = {"text"} | ({"text_pair"} if "text_pair_column" in options else set())
-  rows = _table_rows(file, fmt, columns, required)
-  index = next(rows)
+    raise UserError(f"{option_key('kind')}={kind!r}: a {fmt} task is 'classification' or "
+                    "'regression'")
+  rows = _table_rows(file, fmt, options.get("quoting", "auto"))
+  header = next(rows)
+  columns = text_columns(header, options, file)
+  index = [header.index(c) for c in columns]
+  label_name = options.get("label_column", "label")
+  label_at = header.index(label_name) if label_name in header else None
   known = set(label_names or ())
   examples = []
   for line, row in rows:
-    label = row.get("label")
+    label = None if label_at is None else row[label_at]
     if label is not None and not label.strip():
       raise UserError(f"{file}:{line}: the label is empty; give every row a label (a file "
                       "without a label column is read as unlabeled)")
@@ -123,18 +214,20 @@ def _parse_table(file, fmt, split, options, label_names) -> LocalSource:
         value = float(label)
       except ValueError:
         raise UserError(f"{file}:{line}: label {label!r} is not a number "
-                        "(kind='regression')") from None
+                        f"({option_key('kind')}='regression')") from None
     elif label_names is None:
       value = label  # collecting the label set
     elif label in known:
       value = label
     else:
       raise UserError(f"{file}:{line}: label {label!r} is not in the label set "
-                      f"{list(label_names)}; fix the file or list it in labels=[...]")
-    examples.append({"text": row["text"], "text_pair": row.get("text_pair", ""),
+                      f"{list(label_names)}; fix the file or list it in "
+                      f"{option_key('labels')}=[...]")
+    texts = [row[i] for i in index]
+    examples.append({"text": texts[0], "text_pair": texts[1] if len(texts) > 1 else "",
                      "label": value})
   return LocalSource(file, fmt, split, kind, examples, tuple(label_names or ()),
-                     has_pair="text_pair" in index)
+                     has_pair=len(columns) == 2, columns=columns)
 
 
 # ---------------------------------------------------------------------------
@@ -165,11 +258,13 @@ def _parse_conll(file, fmt, split, options, label_names) -> LocalSource:
     try:
       token, tag = cols[token_col], cols[tag_col]
     except IndexError:
-      raise UserError(f"{file}:{lineno}: token_column={token_col} / tag_column="
-                      f"{tag_col} do not exist in a row of {width} columns") from None
+      raise UserError(f"{file}:{lineno}: {option_key('token_column')}={token_col} / "
+                      f"{option_key('tag_column')}={tag_col} do not exist in a row of {width} "
+                      "columns") from None
     if known is not None and tag not in known:
       raise UserError(f"{file}:{lineno}: tag {tag!r} is not in the label set "
-                      f"{list(label_names)}; fix the file or list it in labels=[...]")
+                      f"{list(label_names)}; fix the file or list it in "
+                      f"{option_key('labels')}=[...]")
     tokens.append(token)
     tags.append(tag)
   return LocalSource(file, fmt, split, "token_classification", examples,

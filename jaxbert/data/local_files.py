@@ -1,12 +1,14 @@
 """The user's own task files, read through tfds builders like the named tasks.
 
 A local task is a directory with one file per split, named `<split>.<ext>`
-(`train.tsv`, `dev.tsv`, ...), or a single file that serves every split name.
+(`train.tsv`, `dev.tsv`, `test.tsv`, ...), or a single file that serves every split
+name. The split "validation" (fine-tuning's default evaluation split) is the file
+`validation.*`, else `dev.*`, else `valid.*` (CoNLL-2003's name); "dev" likewise.
 Formats (from the extension, or the `format` option): tsv / csv (`.tsv`, `.csv`),
 conll (`.conll`, `.txt`) and squad (`.json`); `jaxbert.data.file_formats` describes
 each layout and parses it.
 
-Label set: the `labels=[...]` option, in that order; otherwise every label that
+Label set: the `labels=[...]` option (config.data.options.labels), in that order; otherwise every label that
 the split named "train" uses, sorted (so train and eval runs agree). Without
 either, loading fails and asks for `labels`.
 
@@ -26,17 +28,23 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxbert.data.file_formats import PARSERS, LocalSource
+from jaxbert.data.file_formats import PARSERS, LocalSource, option_key
 from jaxbert.errors import UserError
 from jaxbert.progress import QuietPreparation, quiet_tfds_when_logging
 
+# The file names a split may have, first found wins: fine-tuning evaluates on
+# "validation" by default, which a task folder usually calls dev (GLUE) or valid (CoNLL).
+SPLIT_FILES = {"validation": ("validation", "dev", "valid"),
+               "dev": ("dev", "validation", "valid")}
 _EXTENSIONS = {".tsv": "tsv", ".csv": "csv", ".json": "squad", ".conll": "conll",
                ".txt": "conll"}
 FORMATS = ("tsv", "csv", "conll", "squad")
 # Options each format understands (anything else goes back to the caller).
 FORMAT_OPTIONS = {
-    "tsv": ("format", "labels", "kind", "text_column", "text_pair_column", "label_column"),
-    "csv": ("format", "labels", "kind", "text_column", "text_pair_column", "label_column"),
+    "tsv": ("format", "labels", "kind", "text_column", "text_pair_column", "label_column",
+            "quoting"),
+    "csv": ("format", "labels", "kind", "text_column", "text_pair_column", "label_column",
+            "quoting"),
     "conll": ("format", "labels", "token_column", "tag_column"),
     "squad": ("format",),
 }
@@ -49,23 +57,27 @@ FORMAT_OPTIONS = {
 def resolve_file(path: str, split_base: str, fmt: str | None) -> tuple[str, str]:
   """(file, format) holding split `split_base` of the local task at `path`."""
   if fmt is not None and fmt not in FORMATS:
-    raise UserError(f"format={fmt!r} is not one of {list(FORMATS)}")
+    raise UserError(f"{option_key('format')}={fmt!r} is not one of {list(FORMATS)}")
   if os.path.isfile(path):
     return path, fmt or _format_of(path)
   if not os.path.isdir(path):
     raise UserError(f"{path}: no such file or directory (a task name or a local "
                     "task directory/file was expected)")
   exts = [e for e, f in _EXTENSIONS.items() if fmt is None or f == fmt]
-  found = [os.path.join(path, split_base + e) for e in exts
-           if os.path.isfile(os.path.join(path, split_base + e))]
+  for name in SPLIT_FILES.get(split_base, (split_base,)):
+    found = [os.path.join(path, name + e) for e in exts
+             if os.path.isfile(os.path.join(path, name + e))]
+    if found:
+      break
   if not found:
     present = sorted(n for n in os.listdir(path)
                      if os.path.splitext(n)[1] in _EXTENSIONS)
+    names = "|".join(SPLIT_FILES.get(split_base, (split_base,)))
     raise UserError(f"{path}: no file for split {split_base!r} (looked for "
-                    f"{split_base}{{{','.join(exts)}}}); files there: {present}")
+                    f"{{{names}}}{{{','.join(exts)}}}); files there: {present}")
   if len(found) > 1:
     raise UserError(f"{path}: several files for split {split_base!r} ({found}); "
-                    "choose one with format=...")
+                    f"choose one with {option_key('format')}=...")
   return found[0], fmt or _format_of(found[0])
 
 
@@ -73,7 +85,7 @@ def _format_of(file: str) -> str:
   ext = os.path.splitext(file)[1].lower()
   if ext not in _EXTENSIONS:
     raise UserError(f"{file}: cannot tell the format from the extension {ext!r}; "
-                    f"give format= one of {list(FORMATS)}")
+                    f"set {option_key('format')}= one of {list(FORMATS)}")
   return _EXTENSIONS[ext]
 
 
@@ -149,20 +161,24 @@ def _label_set(path, fmt, options) -> tuple[str, ...] | None:
   if "labels" in options:
     labels = tuple(str(x) for x in options["labels"])
     if len(set(labels)) != len(labels) or not labels:
-      raise UserError(f"labels={list(labels)}: must be a non-empty list without repeats")
+      raise UserError(f"{option_key('labels')}={list(labels)}: must be a non-empty list "
+                      "without repeats")
     return labels
   try:
     train_file, _ = resolve_file(path, "train", fmt)
   except UserError:
-    raise UserError(f"{path}: no train file to collect the label set from; give "
-                    "labels=[...] (in the order the model's outputs use)") from None
+    raise UserError(f"{path}: no train file to collect the label set from; set "
+                    f"{option_key('labels')}=[...] (in the order the model's outputs "
+                    "use)") from None
   train = PARSERS[fmt](train_file, fmt, "train", options, None)
   if fmt == "conll":
     found = {t for ex in train.examples for t in ex["ner"]}
   else:
     found = {ex["label"] for ex in train.examples if ex["label"] != -1}
   if not found:
-    raise UserError(f"{train_file}: has no labels to collect; give labels=[...]")
+    raise UserError(f"{train_file}: has no labels to collect (no column "
+                    f"{options.get('label_column', 'label')!r}: set "
+                    f"{option_key('label_column')}=NAME, or {option_key('labels')}=[...])")
   return tuple(sorted(found))
 
 
@@ -179,7 +195,7 @@ def prepare_local(path: str, split_base: str, data_dir: str | None,
   file, fmt = resolve_file(path, split_base, options.get("format"))
   unknown = sorted(set(options) - set(FORMAT_OPTIONS[fmt]))
   if unknown:
-    raise UserError(f"options {unknown} do not apply to {fmt} files; known: "
+    raise UserError(f"config.data.options {unknown} do not apply to {fmt} files; known: "
                     f"{list(FORMAT_OPTIONS[fmt])}")
   labels = _label_set(path, fmt, options)
   source = PARSERS[fmt](file, fmt, split_base, options, labels)

@@ -57,7 +57,8 @@ def text_columns(task: RunTask) -> list[str]:
   """The names of the task's text columns: a local task's column options (text, text_pair
   by default), a tfds task's field names (as in the GLUE files)."""
   opts = task.file_options
-  names = ([opts.get("text_column", "text"), opts.get("text_pair_column", "text_pair")]
+  names = ((list(task.spec.columns) or [opts.get("text_column", "text"),
+                                        opts.get("text_pair_column", "text_pair")])
            if task.local else list(task.spec.text_fields))
   return names[:len(task.spec.text_fields)]
 
@@ -70,9 +71,9 @@ def table_rows(path: str, fmt: str, task: RunTask) -> list[dict]:
     raise UserError(f"{path}:1: no column {missing[0]!r} in the header {header}; this task "
                     f"reads its text from the column(s) {names}, as the run did; rename the "
                     "header, or give one text per line in a .txt file")
-  options = {"text_column": names[0], "label_column": "\0"}  # labels are not read
-  if len(names) == 2:
-    options["text_pair_column"] = names[1]
+  options = {"text_column": names[0], "label_column": "\0",  # labels are not read
+             "text_pair_column": names[1] if len(names) == 2 else "",
+             "quoting": task.file_options.get("quoting", "auto")}
   rows = PARSERS[fmt](path, fmt, "predict", options, None).examples
   return [{"texts": tuple([r["text"], r["text_pair"]][:len(names)])} for r in rows]
 

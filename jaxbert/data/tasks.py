@@ -20,6 +20,7 @@ the task's metrics and a predictions file.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from typing import Any
 
@@ -29,6 +30,7 @@ import tensorflow_datasets as tfds
 from jaxbert import heads
 from jaxbert.data import local_files
 from jaxbert.data import qa
+from jaxbert.defaults import DATA_DIR_ENV
 from jaxbert.errors import UserError
 
 KINDS = ("classification", "regression", "token_classification", "qa")
@@ -55,6 +57,7 @@ class TaskSpec:
   train_split: str = "train"
   eval_split: str = "validation"
   version_2: bool = False  # SQuAD v2.0: questions may have no answer
+  columns: tuple[str, ...] = ()  # a local table's text columns, as its header names them
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,18 +173,53 @@ def _tfds_source(name: str, split: str, data_dir: str | None):
 
 
 def _local_spec(path: str, src: local_files.LocalSource) -> TaskSpec:
+  fields = ("text", "text_pair") if src.has_pair else ("text",)
   if src.kind == "classification":
     names = ("accuracy", "f1", "mcc") if len(src.label_names) == 2 else ("accuracy", "mcc")
-    fields = ("text", "text_pair") if src.has_pair else ("text",)
-    return _make_spec(path, src.kind, src.label_names, fields, "label", names)
+    spec = _make_spec(path, src.kind, src.label_names, fields, "label", names)
+    return dataclasses.replace(spec, columns=src.columns)
   if src.kind == "regression":
-    fields = ("text", "text_pair") if src.has_pair else ("text",)
-    return _make_spec(path, src.kind, (), fields, "label", ("spearman", "pearson"))
+    spec = _make_spec(path, src.kind, (), fields, "label", ("spearman", "pearson"))
+    return dataclasses.replace(spec, columns=src.columns)
   if src.kind == "token_classification":
     return _make_spec(path, src.kind, src.label_names, ("tokens",), "ner",
                       ("f1", "precision", "recall"))
   return _make_spec(path, "qa", (), ("question", "context"), "answers",
                     ("f1", "exact_match"), version_2=src.version_2)
+
+
+# ---------------------------------------------------------------------------
+# Where a task's data is.
+
+
+def tfds_data_dir(task: str, data_dir: str) -> str:
+  """The checked tfds data_dir of the tfds task `task`: config.data.data_dir, whose default
+  is $JAXBERT_DATA_DIR. Named by key and variable when unset or missing."""
+  if not data_dir:
+    raise UserError(f"config.data.data_dir is empty: the tfds task {task} is read from a folder "
+                    f"of prepared tfds datasets; set --config.data.data_dir=DIR or the "
+                    f"environment variable {DATA_DIR_ENV}=DIR (or give your own files: "
+                    "--config.data.task=path/to/folder)")
+  origin = f" (from {DATA_DIR_ENV})" if data_dir == os.environ.get(DATA_DIR_ENV) else ""
+  if not os.path.isdir(data_dir):
+    raise UserError(f"config.data.data_dir={data_dir}{origin}: no such directory")
+  if not os.path.isdir(os.path.join(data_dir, task)):
+    raise UserError(f"config.data.data_dir={data_dir}{origin} holds no prepared {task} (no "
+                    f"{os.path.join(data_dir, task)} folder); prepare it there with `tfds build "
+                    f"{task} --data_dir {data_dir} --file_format array_record`, or point "
+                    "data_dir at a folder that holds it")
+  return data_dir
+
+
+def task_data_dir(task: str, data_dir: str, workdir: str) -> str:
+  """Where `load_task` reads a tfds task (its checked data_dir) or prepares local files
+  (always WORKDIR/tfds: never into a data_dir others read)."""
+  if task in TFDS_TASKS:
+    return tfds_data_dir(task, data_dir)
+  if not os.path.exists(task):
+    raise UserError(f"config.data.task={task}: no such file or directory, nor a tfds task "
+                    f"(known: {', '.join(sorted(TFDS_TASKS))})")
+  return os.path.join(workdir, "tfds")
 
 
 # ---------------------------------------------------------------------------
@@ -213,8 +251,8 @@ def load_task(name_or_path: str, *, split: str, tokenizer, max_seq_len: int,
   head_options = {k: options.pop(k) for k in list(options) if k in owners}
   if name_or_path in TFDS_TASKS:
     if options:
-      raise UserError(f"options {sorted(options)} do not apply to the tfds task "
-                      f"{name_or_path}")
+      raise UserError(f"config.data.options {sorted(options)} do not apply to the tfds "
+                      f"task {name_or_path}")
     spec = tfds_task_spec(name_or_path, data_dir)
     source = _tfds_source(name_or_path, split, data_dir)
     where = f"{name_or_path} {split}"
