@@ -167,6 +167,11 @@ def finetune_config(task: str = "glue/sst2") -> ConfigDict:
       # one). Local task files are always prepared under WORKDIR/tfds.
       "data_dir": data_dir_default(),
       "max_seq_len": 128,
+      # Batches are cut to one of this many lengths, chosen from the training rows (the
+      # longest covers them all), instead of padded to max_seq_len: the step's work follows
+      # the real lengths; evaluation likewise. 1: every batch at max_seq_len. See
+      # jaxbert/data/buckets.py.
+      "length_buckets": 4,
       # load_task options for both splits (QA: doc_stride, max_query_len, max_answer_len,
       # n_best_size, null_score_threshold; local files: format, labels, column names) ...
       "options": ConfigDict(type_safe=False),

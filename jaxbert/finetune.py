@@ -23,6 +23,7 @@ from jaxbert import optim as optim_lib
 from jaxbert import sharding as shd
 from jaxbert.checkpoint import write_json_atomic
 from jaxbert.config import ConfigDict
+from jaxbert.data import buckets as buckets_lib
 from jaxbert.data import scoring
 from jaxbert.data import tasks as tasks_lib
 from jaxbert.errors import UserError
@@ -114,6 +115,7 @@ class FinetuneTask:
       raise UserError(f"{d.task} split {d.train_split!r} has {n} examples, fewer than "
                       f"train.batch_size={self.global_batch}")
     self.num_train_examples = n
+    self._setup_buckets(int(d.get("length_buckets", 1)))
     self.main_metric = self.spec.main_metric
     self.higher_is_better = self.spec.higher_is_better
     log.info("task %s (%s): %d train / %d eval examples; batch %d",
@@ -136,24 +138,31 @@ class FinetuneTask:
     return other
 
   # --- data --------------------------------------------------------------------
-  def _train_indices(self, step: int) -> np.ndarray:
-    """This process's example indices for `step`: a fresh permutation every epoch."""
-    n = self.train_data.num_features
-    start = step * self.global_batch + jax.process_index() * self.local_batch
-    positions = np.arange(start, start + self.local_batch)
-    epochs, offsets = np.divmod(positions, n)
-    out = np.empty_like(positions)
-    for e in np.unique(epochs):
-      perm = np.random.default_rng([self.config.train.seed, int(e)]).permutation(n)
-      out[epochs == e] = perm[offsets[epochs == e]]
-    return out
+  def _setup_buckets(self, count: int) -> None:
+    """data.length_buckets: the lengths batches are cut to (jaxbert/data/buckets.py)."""
+    t = self.config.data.max_seq_len
+    lengths = buckets_lib.row_lengths(self.train_data.arrays)
+    self.bucket_lengths = (buckets_lib.choose_lengths(lengths, t, count) if count > 1 else (t,))
+    self.schedule = buckets_lib.Schedule(lengths, self.bucket_lengths, self.global_batch)
+    if count > 1:
+      log.info("length buckets (data.length_buckets=%d): %s pieces", count,
+               list(self.bucket_lengths))
+
+  def _local(self, rows: np.ndarray) -> np.ndarray:
+    return rows[jax.process_index() * self.local_batch:][:self.local_batch]
+
+  def _train_rows(self, step: int) -> dict[str, np.ndarray]:
+    """This process's share of the batch of `step`, cut to the step's length."""
+    rows = self._local(self.schedule.step_rows(self.config.train.seed, step))
+    return buckets_lib.cut(_rows(self.train_data, rows), self.schedule.step_length(step),
+                           self.config.data.max_seq_len)
 
   def example_batch(self):
     return _rows(self.train_data, np.arange(self.local_batch))
 
   def batches(self, start_step: int, stop_step: int):
     for step in range(start_step, stop_step):
-      yield _rows(self.train_data, self._train_indices(step))
+      yield self._train_rows(step)
 
   # --- model ---------------------------------------------------------------------
   def loss_fn(self, params, batch, rng):
@@ -168,22 +177,50 @@ class FinetuneTask:
                               trainable=optim_lib.trainable_count(params, self.config.optim.freeze))
 
   def flops_per_batch(self) -> float:
-    return self.global_batch * flops_lib.finetune_flops_per_sequence(
-        self.model_cfg, self.config.data.max_seq_len, self.head.num_outputs(self.spec))
+    """Per step, averaged over an epoch's steps (their lengths differ when bucketed)."""
+    steps = max(1, self.num_train_examples // self.global_batch)
+    seq = lambda t: flops_lib.finetune_flops_per_sequence(self.model_cfg, t,
+                                                          self.head.num_outputs(self.spec))
+    per_length = {t: seq(t) for t in self.bucket_lengths}
+    return self.global_batch * float(np.mean([per_length[self.schedule.step_length(s)]
+                                              for s in range(steps)]))
 
   # --- evaluation ----------------------------------------------------------------
   def predict_all(self, params, predict, data) -> dict[str, np.ndarray]:
-    """Outputs for every example of `data`, in order (the last batch padded, never dropped)."""
-    n = data.num_features
-    chunks = []
-    for start in range(0, n, self.global_batch):
-      idx = np.arange(start, start + self.global_batch)
-      idx = np.minimum(idx, n - 1)  # pad by repeating the last example; sliced away below
-      mine = idx[jax.process_index() * self.local_batch:][:self.local_batch]
-      out = predict(params, shd.global_batch(_rows(data, mine), self.batch_sharding))
-      chunks.append(jax.tree.map(np.asarray, multihost_utils.process_allgather(out, tiled=True)))
-    outputs = {k: np.concatenate([c[k] for c in chunks])[:n] for k in chunks[0]}
+    """Outputs for every example of `data`, in order. Rows are batched by length bucket
+    (the training buckets; longer rows at data.max_seq_len), each batch cut to its
+    bucket; the last batch of a bucket is padded with repeats, sliced away below.
+    Per-piece outputs are padded back to data.max_seq_len."""
+    n, t = data.num_features, self.config.data.max_seq_len
+    lengths = self.bucket_lengths + (t,)
+    ids = buckets_lib.bucket_ids(buckets_lib.row_lengths(data.arrays), self.bucket_lengths)
+    outputs: dict[str, np.ndarray] = {}
+    for b, idx in buckets_lib.eval_batches(ids, self.global_batch):
+      rows = buckets_lib.cut(_rows(data, self._local(idx)), lengths[b], t)
+      out = predict(params, shd.global_batch(rows, self.batch_sharding))
+      out = jax.tree.map(np.asarray, multihost_utils.process_allgather(out, tiled=True))
+      for k, v in out.items():
+        if k not in outputs:
+          outputs[k] = np.zeros((n,) + self._output_shape(params, k, v, lengths[b], t), v.dtype)
+        if v.ndim >= 2 and self._per_piece(params, k, lengths[b]):
+          v = np.pad(v, [(0, 0), (0, t - lengths[b])] + [(0, 0)] * (v.ndim - 2))
+        outputs[k][idx] = v  # repeated rows write the same values twice
     return self.head.host_outputs(outputs)
+
+  def _per_piece(self, params, key: str, length: int) -> bool:
+    """Whether output `key` has one entry per piece (its axis 1 follows the length)."""
+    if not hasattr(self, "_per_piece_keys"):
+      shape = lambda t: jax.eval_shape(
+          lambda p, b: self.model.apply({"params": p}, b, deterministic=True), params,
+          {k: jax.ShapeDtypeStruct(v.shape[:1] + (t,) + v.shape[2:] if v.ndim >= 2 else v.shape,
+                                   v.dtype) for k, v in self.example_batch().items()})
+      a, b = shape(8), shape(16)
+      self._per_piece_keys = {k for k in a if a[k].shape != b[k].shape}
+    return key in self._per_piece_keys
+
+  def _output_shape(self, params, key, v, length, t) -> tuple[int, ...]:
+    shape = v.shape[1:]
+    return ((t,) + shape[1:]) if v.ndim >= 2 and self._per_piece(params, key, length) else shape
 
   def evaluate(self, params, predict) -> dict[str, float]:
     outputs = self.predict_all(params, predict, self.eval_data)

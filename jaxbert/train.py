@@ -232,7 +232,6 @@ def train_trials(configs: list[ConfigDict], workdirs: list[str], tasks: list[Tas
   # MFU's denominator: the configured peak, else one measured here (per device, x devices).
   peak = tcfg.peak_flops or flops_lib.measure_matmul_peak(jnp.dtype(base.model.dtype)) * mesh.size
   batches = [r.task.batches(r.step, total) for r in runs]
-  idle = task0.example_batch()  # fed to trials that have stopped; their updates are dropped
   for r in runs:
     if r.step >= total:  # trained to the end before a kill
       _finish(r, Outcome("finished", r.step, {}), on_finish)
@@ -246,7 +245,11 @@ def train_trials(configs: list[ConfigDict], workdirs: list[str], tasks: list[Tas
   abandon_saves = False
   try:
     while active():
-      local = [next(b) if r.outcome is None else idle for b, r in zip(batches, runs)]
+      local = [next(b) if r.outcome is None else None for b, r in zip(batches, runs)]
+      # A stopped trial is fed a running one's batch: same shape (the step's length may vary,
+      # jaxbert/data/buckets.py); its update is dropped.
+      running = next(x for x in local if x is not None)
+      local = [running if x is None else x for x in local]
       if stacked:
         batch = {k: np.stack([l[k] for l in local]) for k in local[0]}  # N x (B,..) -> (N, B,..)
         rate = np.asarray([rates[r.index, min(r.step, total - 1) // accum] for r in runs])

@@ -105,7 +105,7 @@ RULES = {
     "data.task": (_NONEMPTY[0], "set --config.data.task=path/to/folder (your own files) or a "
                   "tfds task name (glue/sst2, conll2003, squad/v1.1, ...)"),
     "data.train_split": _NONEMPTY, "data.eval_split": _NONEMPTY,
-    "data.data_dir": _STR,
+    "data.data_dir": _STR, "data.length_buckets": _int(1),
     "train.steps": _int(0), "train.batch_size": _int(1), "train.seed": _ANY_INT,
     "train.log_every": _int(1), "train.eval_every": _int(1), "train.checkpoint_every": _int(1),
     "train.keep_checkpoints": _int(1), "train.progress": _BOOL, "train.peak_flops": _NONNEG,
