@@ -246,7 +246,8 @@ def check_data_locations(c: ConfigDict) -> None:
     if corpus.startswith("tfds:") or glob.glob(corpus):
       return
     origin = f" (from {defaults.CORPUS_ENV})" if corpus == os.environ.get(defaults.CORPUS_ENV) else ""
-    raise UserError(f"config.data.corpus={corpus}{origin}: no such file, folder or glob match")
+    raise UserError(f"config.data.corpus={corpus}{origin}: the corpus path {corpus} does not "
+                    "exist; give a text file, a folder or glob of them, or tfds:NAME")
   from jaxbert.data import tasks  # pylint: disable=g-import-not-at-top
   tasks.task_data_dir(c.data.task, c.data.data_dir, "")
 

@@ -226,7 +226,8 @@ def test_data_locations_come_from_the_command_line_or_the_environment(tmp_path, 
        "text, or tfds:NAME) or the environment variable JAXBERT_CORPUS"),
       (["pretrain", "--config", "configs/pretrain/mini.py"],
        {"JAXBERT_CORPUS": str(tmp_path / "text")},
-       f"config.data.corpus={tmp_path / 'text'} (from JAXBERT_CORPUS): no such file"),
+       f"config.data.corpus={tmp_path / 'text'} (from JAXBERT_CORPUS): the corpus path "
+       f"{tmp_path / 'text'} does not exist"),
   ]
   cwd = os.getcwd()
   os.chdir(ROOT)
