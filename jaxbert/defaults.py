@@ -236,3 +236,62 @@ def sweep_config() -> ConfigDict:
       "side_by_side": True,
       "max_side_by_side": 0,    # most trials in one program (memory); 0: no limit
   })
+
+
+# ----------------------------------------------------------------------------- decoders
+
+
+def model_family(config: ConfigDict) -> str:
+  """"decoder" for a config whose model group describes a decoder (it has `arch`), else
+  "encoder"; run.build_task and validate look the task's builder and schema up by it."""
+  model = config.get("model")
+  return "decoder" if model is not None and "arch" in model else "encoder"
+
+
+def decoder_model_config(preset_name: str = "gpt-mini") -> ConfigDict:
+  """`preset` plus every DecoderConfig field but vocab_size (the tokenizer's); None takes
+  the preset's value, so --config.model.preset=... and a size override compose."""
+  from jaxbert.decoder import DecoderConfig  # pylint: disable=g-import-not-at-top
+  fields = {f.name: None for f in dataclasses.fields(DecoderConfig) if f.name != "vocab_size"}
+  fields.update(dtype="float32", remat=False)  # the run's, whatever the preset
+  return ConfigDict({"preset": preset_name, **fields})
+
+
+def decoder_config(model: ConfigDict, vocab_size: int):
+  """The frozen DecoderConfig a run's decoder `model` group describes."""
+  from jaxbert import decoder  # pylint: disable=g-import-not-at-top
+  fields = {k: v for k, v in model.items() if k != "preset" and v is not None}
+  try:
+    if model.preset:
+      return decoder.decoder_preset(model.preset, **fields, vocab_size=vocab_size)
+    missing = [k for k in ("arch", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
+                           "intermediate_size", "max_position_embeddings") if k not in fields]
+    if missing:
+      raise ValueError(f"model.preset is empty, so set model.{missing[0]} (or name a preset)")
+    return decoder.DecoderConfig(**fields, vocab_size=vocab_size)
+  except ValueError as e:
+    raise UserError(f"config.model: {e}") from None
+
+
+def decoder_pretrain_config(preset_name: str = "gpt-mini") -> ConfigDict:
+  """Causal-LM pre-training of a decoder (jaxbert/clm.py): the encoder's pre-training keys
+  less its masking, pairing and packing ones (documents are always packed)."""
+  c = pretrain_config()
+  c.name = f"pretrain-{preset_name}"
+  # Continued pre-training: an imported decoder (jaxbert import-hf) or a decoder run's
+  # workdir or checkpoint; its tokenizer and architecture (config.model's dropout_rate,
+  # dtype and remat apply), optimizer and schedule fresh.
+  c.model = decoder_model_config(preset_name)
+  for key in ("max_predictions_per_seq", "mask_prob", "short_seq_prob", "whole_word", "packing"):
+    del c.data[key]
+  for key in ("model_type", "lowercase"):  # always a BPE with byte fallback, cased
+    del c.tokenizer[key]
+  c.data.max_seq_len = 256
+  c.data.eval_examples = 512  # held-out rows evaluated
+  c.optim.lr = 6e-4
+  c.optim.b2 = 0.95
+  c.optim.eps = 1e-8
+  c.optim.weight_decay = 0.1
+  c.optim.decay = "cosine"
+  c.optim.end_lr_fraction = 0.1
+  return c

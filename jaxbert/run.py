@@ -3,11 +3,13 @@ configs -> mesh -> task -> the trainer (jaxbert/train.py)."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 
 import jax
 
+from jaxbert import defaults
 from jaxbert import sharding as shd
 from jaxbert import workdir_lock
 from jaxbert.config import ConfigDict
@@ -17,15 +19,24 @@ from jaxbert.train import Outcome, TrainingDiverged, check_workdir_config, train
 log = logging.getLogger("jaxbert")
 
 
+# (config.task, defaults.model_family) -> "module:callable(config, workdir, mesh)".
+TASKS = {
+    ("pretrain", "encoder"): "jaxbert.pretrain:build_task",   # MLM + NSP
+    ("pretrain", "decoder"): "jaxbert.clm:build_task",        # next-token prediction
+    ("finetune", "encoder"): "jaxbert.finetune:FinetuneTask",
+}
+
+
 def build_task(config: ConfigDict, workdir: str, mesh):
   """The task of `config`; its inputs (tokenizer, corpus, task files) are prepared first."""
-  if config.task == "pretrain":
-    from jaxbert import pretrain  # pylint: disable=g-import-not-at-top
-    return pretrain.build_task(config, workdir, mesh)
-  if config.task == "finetune":
-    from jaxbert.finetune import FinetuneTask  # pylint: disable=g-import-not-at-top
-    return FinetuneTask(config, workdir, mesh)
-  raise UserError(f"config.task must be 'pretrain' or 'finetune', not {config.task!r}")
+  family = defaults.model_family(config)
+  target = TASKS.get((config.task, family))
+  if target is None:
+    kinds = ", ".join(f"{t} ({f})" for t, f in TASKS)
+    raise UserError(f"config.task={config.task!r} with a {family} model is not a run jaxbert "
+                    f"trains; it trains {kinds}")
+  module, name = target.split(":")
+  return getattr(importlib.import_module(module), name)(config, workdir, mesh)
 
 
 def run(config: ConfigDict, workdir: str, devices=None) -> dict[str, float]:

@@ -34,6 +34,7 @@ from jaxbert import model_keys
 from jaxbert import params as params_lib
 from jaxbert.config import ConfigDict, set_key, suggest
 from jaxbert.errors import UserError
+from jaxbert.decoder import PRESETS as DECODER_PRESETS
 from jaxbert.model import PRESETS, BertConfig
 
 TASKS = ("pretrain", "finetune")
@@ -118,6 +119,19 @@ RULES = {
 }
 
 
+# A decoder's model group (defaults.decoder_model_config); None takes the preset's value.
+DECODER_RULES = {
+    "model.preset": (lambda v: v == "" or v in DECODER_PRESETS,
+                     f"use one of {list(DECODER_PRESETS)}, or \"\" for the sizes in config.model"),
+    "model.arch": _choice(("gpt2", "llama")),
+    **{f"model.{k}": _int(1) for k in ("hidden_size", "num_layers", "num_heads", "num_kv_heads",
+                                        "intermediate_size", "max_position_embeddings")},
+    "model.norm_eps": _POSITIVE, "model.rope_theta": _POSITIVE,
+    "model.initializer_range": _POSITIVE, "model.dropout_rate": _FRACTION,
+    "model.tie_word_embeddings": _BOOL, "model.dtype": _choice(DTYPES), "model.remat": _BOOL,
+}
+
+
 def _bad(key: str, value, want: str) -> UserError:
   return UserError(f"{key}={value!r} is invalid: {want}")
 
@@ -164,8 +178,10 @@ def _leaves(config: ConfigDict, prefix: str = "") -> dict:
   return out
 
 
-def schema(task: str) -> ConfigDict:
-  return defaults.pretrain_config() if task == "pretrain" else defaults.finetune_config()
+def schema(task: str, family: str = "encoder") -> ConfigDict:
+  if task == "pretrain":
+    return defaults.decoder_pretrain_config() if family == "decoder" else defaults.pretrain_config()
+  return defaults.finetune_config()
 
 
 def validate(config: ConfigDict) -> None:
@@ -173,7 +189,8 @@ def validate(config: ConfigDict) -> None:
   task = config.get("task")
   if task not in TASKS:
     raise _bad("config.task", task, f"use one of {list(TASKS)}")
-  want, have = _leaves(schema(task)), _leaves(config)
+  decoder = defaults.model_family(config) == "decoder"
+  want, have = _leaves(schema(task, defaults.model_family(config))), _leaves(config)
   for key in have:
     if key not in want:
       close = suggest(key, list(want))
@@ -184,7 +201,11 @@ def validate(config: ConfigDict) -> None:
       raise UserError(f"the config lacks {key}; start config files from jaxbert.defaults "
                       f"{task}_config() and change what differs")
   for key, value in have.items():
-    if key in RULES:
+    if decoder and key.startswith("model."):  # their own rules, below
+      ok, text = DECODER_RULES.get(key, (lambda v: True, ""))
+      if value is not None and not ok(value):
+        raise _bad(key, value, text)
+    elif key in RULES:
       ok, text = RULES[key]
       if not ok(value):
         raise _bad(key, value, text)
@@ -276,9 +297,12 @@ def _check_selectors(c: ConfigDict) -> None:
     lora_lib.targets({n: (0, 0) for n in names}, c.lora.targets)
 
 
-def architecture(c: ConfigDict) -> BertConfig | None:
+def architecture(c: ConfigDict):
   """The model the run trains (its vocabulary a placeholder): config.model, or for
-  fine-tuning from config.init the checkpoint's, None if that cannot be read."""
+  fine-tuning from config.init the checkpoint's, None if that cannot be read (and for a
+  decoder continued from config.init: the run checks it against its weights)."""
+  if defaults.model_family(c) == "decoder":
+    return None if c.init else defaults.decoder_config(c.model, PLACEHOLDER_VOCAB)
   if c.task == "finetune" and c.init:
     return _checkpoint_architecture(c.init)
   return defaults.bert_config(c.model, PLACEHOLDER_VOCAB)
@@ -310,6 +334,13 @@ def model_names(model: BertConfig, task: str) -> tuple[str, ...]:
   task's kind is known only once its data is read)."""
   import jax  # pylint: disable=g-import-not-at-top
   from jaxbert import model as model_lib  # pylint: disable=g-import-not-at-top
+  if not isinstance(model, BertConfig):  # a decoder
+    from jaxbert.heads import causal_lm  # pylint: disable=g-import-not-at-top
+    shapes = jax.eval_shape(lambda: causal_lm.CausalLM(model.replace(num_layers=1)).init(
+        jax.random.key(0), causal_lm.dummy_batch(8)))
+    return tuple(sorted({n.replace("/layer_0/", f"/layer_{i}/")
+                         for n in params_lib.tree_names(shapes["params"])
+                         for i in range(model.num_layers)}))
   one = model.replace(num_layers=1, remat=False, vocab_size=PLACEHOLDER_VOCAB)
   if task == "pretrain":
     models = [model_lib.BertForPreTraining(one)]
