@@ -16,7 +16,9 @@ from jax.experimental import multihost_utils
 
 from jaxbert import flops as flops_lib
 from jaxbert import handover
+from jaxbert import decoder as decoder_lib
 from jaxbert import heads
+from jaxbert.heads import last_token
 from jaxbert import lora as lora_lib
 from jaxbert import model as model_lib
 from jaxbert import optim as optim_lib
@@ -74,11 +76,15 @@ class FinetuneTask:
     d = config.data
     if config.head.pooling not in POOLINGS:
       raise UserError(f"config.head.pooling={config.head.pooling!r} is not one of {list(POOLINGS)}")
-    self.source = handover.source_for_run(config)
-    if config.reinit and self.source is None:
+    # A decoder (GPT-2/Llama-style) from config.init classifies by its last real token.
+    self.decoder = last_token.run_setup(config)
+    self.source = handover.source_for_run(config) if self.decoder is None else None
+    if config.reinit and self.source is None and self.decoder is None:
       raise UserError(f"config.reinit={config.reinit!r} re-initialises parts of a pre-trained "
                       "encoder, but config.init is empty; set config.init or drop config.reinit")
-    if self.source is not None:
+    if self.decoder is not None:
+      self.tokenizer, base_cfg, _ = self.decoder
+    elif self.source is not None:
       handover.reinit_prefixes(config.reinit, self.source.model_cfg.num_layers)  # fail early
       self.tokenizer = self.source.tokenizer
       base_cfg = self.source.model_cfg
@@ -91,7 +97,8 @@ class FinetuneTask:
       self.tokenizer = load_tokenizer(config.tokenizer.path)
       base_cfg = bert_config(config.model, padded_vocab_size(self.tokenizer.vocab_size))
     # Dropout may be retuned for fine-tuning; the architecture comes from the checkpoint.
-    self.model_cfg = handover.run_model_config(base_cfg, config.model)
+    self.model_cfg = (base_cfg if self.decoder is not None else
+                      handover.run_model_config(base_cfg, config.model))
     if d.max_seq_len > self.model_cfg.max_position_embeddings:
       raise UserError(f"config.data.max_seq_len={d.max_seq_len} exceeds the model's "
                       f"max_position_embeddings={self.model_cfg.max_position_embeddings}")
@@ -107,7 +114,9 @@ class FinetuneTask:
     self.spec = self.train_data.spec
     self.head = heads.get(self.spec.kind)
     # With config.lora, the model carries adapters (jaxbert/lora.py); else it is as built.
-    self.model = lora_lib.wrap(build_model(self.model_cfg, self.spec, config.head.pooling), config)
+    model = (last_token.sentence_model(self.model_cfg, self.spec) if self.decoder is not None
+             else build_model(self.model_cfg, self.spec, config.head.pooling))
+    self.model = lora_lib.wrap(model, config)
     self.global_batch = config.train.batch_size
     self.local_batch = self.global_batch // jax.process_count()
     n = self.train_data.num_features
@@ -170,17 +179,21 @@ class FinetuneTask:
     return self.head.loss(outputs, batch)
 
   def init_params(self, params, param_shardings):
+    trainable = optim_lib.trainable_count(params, self.config.optim.freeze)
+    if self.decoder is not None:
+      return last_token.hand_over(self.config.init, self.decoder[2], params, param_shardings,
+                                  self.workdir, reinit=self.config.reinit, trainable=trainable)
     if self.source is None:
       return params
     return handover.hand_over(self.source, params, param_shardings, self.workdir,
-                              reinit=self.config.reinit,
-                              trainable=optim_lib.trainable_count(params, self.config.optim.freeze))
+                              reinit=self.config.reinit, trainable=trainable)
 
   def flops_per_batch(self) -> float:
     """Per step, averaged over an epoch's steps (their lengths differ when bucketed)."""
     steps = max(1, self.num_train_examples // self.global_batch)
-    seq = lambda t: flops_lib.finetune_flops_per_sequence(self.model_cfg, t,
-                                                          self.head.num_outputs(self.spec))
+    seq = lambda t: (flops_lib.finetune_flops_per_sequence(self.model_cfg, t,
+                                                           self.head.num_outputs(self.spec))
+                     if self.decoder is None else decoder_lib.flops_per_token(self.model_cfg, t) * t)
     per_length = {t: seq(t) for t in self.bucket_lengths}
     return self.global_batch * float(np.mean([per_length[self.schedule.step_length(s)]
                                               for s in range(steps)]))

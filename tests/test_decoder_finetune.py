@@ -183,3 +183,63 @@ def test_last_token_classifier_matches_transformers(arch, num_labels, tmp_path):
   assert type(loaded).__name__ == last_token.HF_ARCHITECTURES[arch]
   again = hf_logits(loaded, position_ids=torch.tensor(positions, dtype=torch.long))
   np.testing.assert_allclose(again, ours, atol=1e-4, rtol=1e-4)
+
+
+# --- jaxbert finetune from a decoder bundle, with LoRA ------------------------------
+
+
+@pytest.fixture(scope="module")
+def llama_bundle(tmp_path_factory):
+  """import-hf of a random tiny Llama (untied lm_head) with a small byte-level BPE."""
+  pytest.importorskip("torch")
+  import test_decoder_hf as hf_tests
+  from jaxbert.hf import import_hf
+  import transformers
+  root = tmp_path_factory.mktemp("llama_src")
+  bpe = hf_tests.bpe_dir.__wrapped__(tmp_path_factory)
+  tok = transformers.AutoTokenizer.from_pretrained(bpe)
+  model = hf_tests._hf_model("llama", len(tok))  # pylint: disable=protected-access
+  model.save_pretrained(str(root / "hf"))
+  tok.save_pretrained(str(root / "hf"))
+  import_hf(str(root / "hf"), str(root / "bundle"))
+  return str(root / "bundle")
+
+
+@pytest.fixture(scope="module")
+def decoder_lora_run(llama_bundle, tmp_path_factory):
+  from conftest import final_params  # noqa: F401
+  from jaxbert.run import run
+  from test_finetune_e2e import tiny_finetune_config, write_task
+  task = write_task(str(tmp_path_factory.mktemp("dec_task")))
+  config = tiny_finetune_config(llama_bundle, task, lora__rank=4, optim__lr=3e-3)
+  workdir = str(tmp_path_factory.mktemp("dec_lora") / "run")
+  metrics = run(config, workdir, devices=jax.devices()[:1])
+  return config, workdir, metrics
+
+
+def test_finetune_from_a_decoder_with_lora(llama_bundle, decoder_lora_run):
+  import json
+  import os
+  from flax import traverse_util
+  from conftest import final_params
+  from jaxbert import decoder_weights
+  _, workdir, metrics = decoder_lora_run
+  assert 0.0 <= metrics["accuracy"] <= 1.0
+  assert len(open(os.path.join(workdir, "predictions.jsonl")).read().splitlines()) == 37
+  report = json.load(open(os.path.join(workdir, "handover.json")))
+  assert all(p.startswith("decoder/") for p in report["loaded"]["paths"])
+  assert "lm_head/kernel" in report["dropped"]["paths"]
+  assert {p for p in report["new"]["paths"] if not lora.is_adapter(p)} == {"score/kernel"}
+  _, source, _ = decoder_weights.load(llama_bundle)
+  source = traverse_util.flatten_dict(source)
+  _, after = final_params(workdir)
+  base = [k for k in after if k[0] == "decoder" and k[-1] not in (lora.A, lora.B)]
+  assert len(base) == len([k for k in source if k[0] == "decoder"])
+  for k in base:  # LoRA: the decoder's own weights bitwise as imported
+    np.testing.assert_array_equal(np.asarray(after[k]), np.asarray(source[k]), err_msg="/".join(k))
+  adapters = [k for k in after if k[-1] == lora.B]
+  assert len(adapters) == 2 * 7 and all(np.abs(np.asarray(after[k])).max() > 0 for k in adapters)
+  n, total = report["trainable"]["parameters"], report["trainable"]["of"]
+  size = lambda keys: sum(int(np.prod(after[k].shape)) for k in keys)
+  assert n == size([k for k in after if lora.is_adapter("/".join(k)) or k[0] == "score"])
+  assert total == size(after)

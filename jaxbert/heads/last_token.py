@@ -88,3 +88,97 @@ def hf_state(cfg: DecoderConfig, params, num_labels: int, id2label: dict | None 
   if num_labels == 1:
     hf_config["problem_type"] = "regression"
   return hf_config, tensors
+
+
+# --- fine-tuning from a decoder (jaxbert finetune with config.init a decoder) ---------
+
+
+class TaskTokenizer:
+  """A decoder's tokenizer as the sentence tasks' encoder (encoding.encode_texts) takes it:
+  rows `[bos] a [eos]` or `[bos] a [eos] b [eos]` (eos for bos where the model has none),
+  so the last real token, which the head reads, is always eos. Everything else (save,
+  vocab_size, decode, ...) is the decoder tokenizer's."""
+
+  def __init__(self, tokenizer):
+    self.tokenizer = tokenizer
+    self.sep_id = tokenizer.eos_id
+    self.cls_id = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
+    self.pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
+
+  def encode_batch(self, texts):
+    try:  # the imported BPE adds the model's own specials unless told not to
+      return [self.tokenizer.encode(t, add_special_tokens=False) for t in texts]
+    except TypeError:  # own SentencePiece BPE: plain pieces
+      return [self.tokenizer.encode(t) for t in texts]
+
+  def __getattr__(self, name):
+    return getattr(self.tokenizer, name)
+
+
+def is_decoder_init(init: str) -> bool:
+  from jaxbert import decoder_weights  # pylint: disable=g-import-not-at-top
+  return bool(init) and decoder_weights.is_decoder(init)
+
+
+def open_decoder(init: str, key: str = "config.init"):
+  """(DecoderConfig, numpy params, tokenizer) of a decoder bundle or run."""
+  from jaxbert import decoder_weights  # pylint: disable=g-import-not-at-top
+  return decoder_weights.load(init, key=key)
+
+
+def run_setup(config):
+  """(tokenizer, DecoderConfig with the run's dtype and remat, numpy params) of a
+  fine-tuning run whose config.init is a decoder; None for other runs."""
+  from jaxbert.errors import UserError  # pylint: disable=g-import-not-at-top
+  if not is_decoder_init(config.get("init", "")):
+    return None
+  if config.tokenizer.get("path"):
+    raise UserError("set either config.init (its tokenizer is used) or config.tokenizer.path")
+  cfg, params, tokenizer = open_decoder(config.init)
+  cfg = cfg.replace(dtype=config.model.dtype, remat=config.model.remat)
+  return TaskTokenizer(tokenizer), cfg, params
+
+
+def sentence_model(cfg: DecoderConfig, spec):
+  from jaxbert.errors import UserError  # pylint: disable=g-import-not-at-top
+  if spec.kind not in ("classification", "regression"):
+    raise UserError(f"config.init is a decoder, which fine-tunes on sentence classification "
+                    f"and regression tasks; {spec.name} is a {spec.kind} task")
+  return model(cfg, spec)
+
+
+def hand_over(init: str, source_params, params, shardings, workdir: str, *, reinit: str = "",
+              trainable: tuple[int, int] | None = None):
+  """`params` with every decoder/... leaf `source_params` has (same shape) put in its
+  sharding, but those `reinit` selects; the report printed and written to
+  WORKDIR/handover.json as the encoder's."""
+  import os  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+  from jaxbert.checkpoint import write_json_atomic  # pylint: disable=g-import-not-at-top
+  from jaxbert.errors import UserError  # pylint: disable=g-import-not-at-top
+  flat = lambda t: {"/".join(k): v for k, v in traverse_util.flatten_dict(t).items()}
+  from jaxbert import handover as handover_lib  # pylint: disable=g-import-not-at-top
+  saved, target, where = flat(source_params), flat(params), flat(shardings)
+  selector = handover_lib.reinit_selector(reinit)
+  fresh = set() if selector.empty else selector.select(list(target))
+  loaded = {}
+  for k, v in target.items():
+    if k.startswith("decoder/") and k in saved and k not in fresh:
+      if tuple(saved[k].shape) != tuple(v.shape):
+        raise UserError(f"config.init={init}: {k} has shape {tuple(saved[k].shape)}, the "
+                        f"model expects {tuple(v.shape)}")
+      loaded[k] = tuple(v.shape)
+  if not loaded:
+    raise UserError(f"config.init={init} holds no decoder (decoder/...) parameters")
+  merged = {k: jax.device_put(saved[k].astype(v.dtype), where[k]) if k in loaded else v
+            for k, v in target.items()}
+  report = handover_lib.HandoverReport(
+      source=f"decoder {os.path.abspath(init)}", loaded=loaded,
+      new={k: tuple(v.shape) for k, v in target.items() if k not in loaded},
+      dropped={k: tuple(v.shape) for k, v in saved.items() if k not in loaded and k not in fresh},
+      reinitialised={k: tuple(saved[k].shape) for k in fresh if k in saved}, trainable=trainable)
+  if jax.process_index() == 0:
+    print(report.describe())
+    write_json_atomic(os.path.join(workdir, "handover.json"), report.to_dict())
+  return traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in merged.items()})
