@@ -243,3 +243,34 @@ def test_finetune_from_a_decoder_with_lora(llama_bundle, decoder_lora_run):
   size = lambda keys: sum(int(np.prod(after[k].shape)) for k in keys)
   assert n == size([k for k in after if lora.is_adapter("/".join(k)) or k[0] == "score"])
   assert total == size(after)
+
+
+def test_exported_classifier_gives_the_runs_predictions(decoder_lora_run, tmp_path):
+  import json
+  import os
+  import torch
+  import transformers
+  from jaxbert import decoder_weights
+  from jaxbert.heads import last_token
+  from jaxbert.hf import export_hf
+  from jaxbert.run_task import load_run_split, read_run_config
+  config, workdir, _ = decoder_lora_run
+  report = export_hf(workdir, str(tmp_path / "hf"))
+  assert report.architecture == "LlamaForSequenceClassification"
+  model = transformers.AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "hf"))
+  assert type(model).__name__ == "LlamaForSequenceClassification"
+  assert model.config.id2label == {0: "no", 1: "yes"}
+  _, _, tok = decoder_weights.load(config.init)
+  dev = load_run_split(workdir, read_run_config(workdir), "dev", last_token.TaskTokenizer(tok))
+  ids, mask = dev.arrays["input_ids"], dev.arrays["attention_mask"]
+  last = ids[np.arange(len(ids)), mask.sum(1) - 1]
+  assert (last != tok.pad_id).all()  # the head reads the text's own last piece
+  want = [tok.encode(ex["texts"][0], add_special_tokens=False) for ex in dev.examples]
+  assert [list(r[m > 0]) for r, m in zip(ids, mask)] == want
+  with torch.no_grad():
+    logits = model(input_ids=torch.tensor(ids, dtype=torch.long),
+                   attention_mask=torch.tensor(mask, dtype=torch.long)).logits.double().numpy()
+  probs = np.exp(logits - logits.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  preds = [json.loads(l) for l in open(os.path.join(workdir, "predictions.jsonl"))]
+  np.testing.assert_allclose(probs, [p["probabilities"] for p in preds], atol=2e-4)

@@ -46,16 +46,21 @@ def encode_texts(texts: Sequence[tuple[str, ...]], tokenizer, max_seq_len: int):
   pair = bool(texts) and len(texts[0]) == 2
   a_ids = tokenizer.encode_batch([x[0] for x in texts])
   b_ids = tokenizer.encode_batch([x[1] for x in texts]) if pair else [[]] * len(texts)
-  budget = max_seq_len - (3 if pair else 2)
-  rows, types, truncated = [], [], 0
   cls, sep = tokenizer.cls_id, tokenizer.sep_id
+  # A decoder's rows (heads/last_token.TaskTokenizer) have no [CLS] and no closing [SEP]:
+  # the text's own last piece ends the row, where the classifier reads it.
+  start = [] if cls is None else [cls]
+  end = [] if getattr(tokenizer, "decoder_rows", False) else [sep]
+  budget = max_seq_len - len(start) - len(end) - (1 if pair else 0)
+  rows, types, truncated = [], [], 0
   for a, b in zip(a_ids, b_ids):
     la, lb = truncated_lengths(len(a), len(b), budget)
     truncated += (la, lb) != (len(a), len(b))
     a, b = list(a[:la]), list(b[:lb])
-    row = [cls] + a + [sep] + (b + [sep] if pair else [])
+    row = start + a + ([sep] + b + end if pair else end)
     rows.append(row)
-    types.append([0] * (la + 2) + [1] * (len(row) - la - 2))
+    first = len(start) + la + (1 if pair or end else 0)  # a and its separator
+    types.append([0] * first + [1] * (len(row) - first))
   return fill(rows, types, max_seq_len, tokenizer.pad_id), truncated
 
 

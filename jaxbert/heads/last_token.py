@@ -95,14 +95,19 @@ def hf_state(cfg: DecoderConfig, params, num_labels: int, id2label: dict | None 
 
 class TaskTokenizer:
   """A decoder's tokenizer as the sentence tasks' encoder (encoding.encode_texts) takes it:
-  rows `[bos] a [eos]` or `[bos] a [eos] b [eos]` (eos for bos where the model has none),
-  so the last real token, which the head reads, is always eos. Everything else (save,
-  vocab_size, decode, ...) is the decoder tokenizer's."""
+  rows `a` or `a [eos] b`, the texts' pieces without special tokens, right-padded with the
+  pad id. The last real token, which the head reads, is the text's own, never the pad
+  token: transformers' classifiers find it as the last token that is not pad_token_id,
+  and decoders often pad with eos. (transformers gives the same rows for
+  tokenizer(text, add_special_tokens=False).) Everything else (save, vocab_size, decode,
+  ...) is the decoder tokenizer's."""
+
+  decoder_rows = True
+  cls_id = None
 
   def __init__(self, tokenizer):
     self.tokenizer = tokenizer
     self.sep_id = tokenizer.eos_id
-    self.cls_id = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
     self.pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
 
   def encode_batch(self, texts):
@@ -182,3 +187,65 @@ def hand_over(init: str, source_params, params, shardings, workdir: str, *, rein
     print(report.describe())
     write_json_atomic(os.path.join(workdir, "handover.json"), report.to_dict())
   return traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in merged.items()})
+
+
+def is_classifier_run(workdir: str | None) -> bool:
+  """Whether `workdir` is a fine-tuning run started from a decoder."""
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  if workdir is None:
+    return False
+  try:
+    with open(os.path.join(workdir, "config.json")) as f:
+      config = json.load(f)
+  except (OSError, ValueError):
+    return False
+  return config.get("task") == "finetune" and is_decoder_init(config.get("init") or "")
+
+
+def export(checkpoint: str, workdir: str, out_dir: str, architecture: str | None = None, *,
+           overwrite: bool = False):
+  """export-hf of a decoder classifier run: GPT2/LlamaForSequenceClassification (LoRA
+  merged), its task's label names and the decoder's tokenizer."""
+  import os  # pylint: disable=g-import-not-at-top
+  from safetensors import numpy as st_numpy  # pylint: disable=g-import-not-at-top
+  from jaxbert import handover  # pylint: disable=g-import-not-at-top
+  from jaxbert.checkpoint import integrity_problem, new_directory, write_json_atomic  # pylint: disable=g-import-not-at-top
+  from jaxbert.errors import UserError  # pylint: disable=g-import-not-at-top
+  from jaxbert.hf.decoder_export import DecoderExportReport, _write_tokenizer  # pylint: disable=g-import-not-at-top
+  from jaxbert.run_task import read_run_config, run_task  # pylint: disable=g-import-not-at-top
+  config = read_run_config(workdir)
+  cfg, _, tokenizer = open_decoder(config.init, key=f"{workdir}/config.json init")
+  path = os.path.abspath(checkpoint)
+  if path == os.path.abspath(workdir):
+    step_dir = handover._latest_step_dir(os.path.join(path, "checkpoints"), "checkpoint")  # pylint: disable=protected-access
+  else:
+    step_dir = path
+    if (problem := integrity_problem(step_dir)) is not None:
+      raise UserError(f"checkpoint={checkpoint}: the checkpoint is damaged ({problem})")
+  params = handover._restore_params(os.path.join(step_dir, "default"), ("params",))  # pylint: disable=protected-access
+  spec = run_task(workdir, TaskTokenizer(tokenizer), key="checkpoint").spec
+  num_labels = int(params[SCORE]["kernel"].shape[1])
+  name = HF_ARCHITECTURES[cfg.arch]
+  if architecture not in (None, name):
+    raise UserError(f"--architecture {architecture}: this {cfg.arch} classifier exports as {name}")
+  labels = ({str(i): n for i, n in enumerate(spec.label_names)}
+            if len(spec.label_names) == num_labels else None)
+  hf_config, tensors = hf_state(cfg, params, num_labels, labels,
+                                pad_id=TaskTokenizer(tokenizer).pad_id)
+  for key in ("bos", "eos"):
+    value = getattr(tokenizer, f"{key}_id", None)
+    hf_config[f"{key}_token_id"] = None if value is None else int(value)
+  hf_config["torch_dtype"] = "float32"
+  out_dir = os.path.abspath(out_dir)
+  with new_directory(out_dir, overwrite) as tmp:
+    write_json_atomic(os.path.join(tmp, "config.json"), hf_config)
+    with open(os.path.join(tmp, "model.safetensors"), "wb") as f:
+      f.write(st_numpy.save(tensors, metadata={"format": "pt"}))
+    notes = _write_tokenizer(tokenizer, tmp, cfg)
+  notes.append("inputs as fine-tuned: the text's pieces without special tokens (a pair: "
+               "a <eos> b), right-padded; the classifier reads the last real token")
+  return DecoderExportReport(source=f"run {workdir} step {os.path.basename(step_dir)}",
+                             out_dir=out_dir, architecture=name, num_tensors=len(tensors),
+                             num_parameters=int(sum(t.size for t in tensors.values())),
+                             notes=notes)

@@ -64,6 +64,10 @@ def export_hf(checkpoint: str, out_dir: str, architecture: str | None = None,
   left out, as `save_pretrained` does) and the vocabulary.
   """
   from jaxbert import decoder_weights  # pylint: disable=g-import-not-at-top
+  from jaxbert.heads import last_token  # pylint: disable=g-import-not-at-top
+  workdir = run_workdir(checkpoint)
+  if last_token.is_classifier_run(workdir):  # a decoder fine-tuned to classify
+    return last_token.export(checkpoint, workdir, out_dir, architecture, overwrite=overwrite)
   if decoder_weights.is_decoder(checkpoint):  # GPT-2 / Llama-style decoders
     from jaxbert.hf.decoder_export import export_decoder  # pylint: disable=g-import-not-at-top
     return export_decoder(checkpoint, out_dir, architecture, overwrite=overwrite)
