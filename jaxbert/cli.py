@@ -7,6 +7,8 @@
   jaxbert export-hf CKPT --out DIR
   jaxbert embed     --checkpoint BUNDLE --input FILE.txt --output FILE.npy [--pooling mean]
   jaxbert predict   --checkpoint RUN --input FILE (or --split NAME) --output preds.jsonl
+  jaxbert generate  --checkpoint W (--prompt TEXT | --input prompts.txt) [--max-new-tokens N ...]
+  jaxbert evaluate-lm --checkpoint W --input FILE.txt [--max-length L --stride S]
   jaxbert demo      [--workdir W]     pre-train then fine-tune on an embedded corpus
 
 A user mistake prints one line and exits with status 2; no traceback. In a
@@ -104,6 +106,18 @@ def _predict(args, overrides) -> int:
   return 0
 
 
+def _generate(args, overrides) -> int:
+  del overrides
+  from jaxbert.generate import generate_command  # pylint: disable=g-import-not-at-top
+  return generate_command(args)
+
+
+def _evaluate_lm(args, overrides) -> int:
+  del overrides
+  from jaxbert.evaluate_lm import evaluate_lm_command  # pylint: disable=g-import-not-at-top
+  return evaluate_lm_command(args)
+
+
 def _demo(args, overrides) -> int:
   from jaxbert.demo import main as demo_main  # pylint: disable=g-import-not-at-top
   return demo_main(args.workdir, overrides)
@@ -169,6 +183,25 @@ def build_parser() -> argparse.ArgumentParser:
                  help="NER text lines are words separated by whitespace (default: split words "
                       "at spaces and punctuation)")
   s.set_defaults(fn=_predict)
+  s = sub.add_parser("generate", help="text from a decoder (KV cache, jitted decoding)",
+                     description="Greedy at --temperature 0, else sampled (--top-k, --top-p, "
+                                 "--seed). --prompt streams its completion to stdout; --input "
+                                 "writes one JSON line per prompt line (line, prompt, "
+                                 "completion, new_tokens, stop). --chat renders each prompt "
+                                 "with the model's chat template. Tokens/s go to stderr.")
+  from jaxbert.generate import add_arguments  # pylint: disable=g-import-not-at-top
+  add_arguments(s)
+  s.set_defaults(fn=_generate)
+  s = sub.add_parser("evaluate-lm", help="perplexity and bits per byte of a decoder on a text file",
+                     description="Sliding window: windows of --max-length tokens every --stride "
+                                 "tokens, each scoring only the tokens its predecessor did not.")
+  s.add_argument("--checkpoint", required=True, help="a decoder checkpoint")
+  s.add_argument("--input", required=True, help="a UTF-8 text file, scored as one text")
+  s.add_argument("--max-length", type=int, default=None,
+                 help="window length (default: the model's context, at most 1024)")
+  s.add_argument("--stride", type=int, default=None, help="default: half the window")
+  s.add_argument("--batch-size", type=int, default=None, help="windows per batch")
+  s.set_defaults(fn=_evaluate_lm)
   s = sub.add_parser("demo", help="pre-train then fine-tune on an embedded corpus (no network)")
   s.add_argument("--workdir", default="runs/demo")
   s.set_defaults(fn=_demo)
