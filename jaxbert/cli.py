@@ -20,31 +20,33 @@ from __future__ import annotations
 
 import argparse
 import logging
+import multiprocessing
 import os
+import signal
 import sys
 
-
-def _train_command(args, overrides) -> int:
-  from jaxbert import config as config_lib  # pylint: disable=g-import-not-at-top
-  config = config_lib.load(args.config, overrides)  # a config mistake is reported first
 # multiprocessing starts a loader worker by running this module (the main one) again in
 # the new process: from then on it ignores Ctrl-C, which the training process handles
 # (jaxbert/preemption.py), instead of dying of it with a traceback while it starts.
 if getattr(multiprocessing.current_process(), "_inheriting", False):
   signal.signal(signal.SIGINT, signal.SIG_IGN)
 
+
+def _train_command(args, overrides) -> int:
+  from jaxbert import config as config_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.load(args.config, overrides)  # a config mistake is reported first
   from jaxbert.run import run  # pylint: disable=g-import-not-at-top
   if config.get("task") != args.command:
     from jaxbert.errors import UserError  # pylint: disable=g-import-not-at-top
     raise UserError(f"{args.config} is a {config.get('task')!r} config; use `jaxbert {config.get('task')}`")
   run(config, args.workdir)
-  return 0
-
   from jaxbert.preemption import Preemption  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   if not Preemption.requested() and jax.process_index() == 0:  # stopped early: said already
     from jaxbert.run_files import summary  # pylint: disable=g-import-not-at-top
     print(summary(config, args.workdir))
+  return 0
+
 
 def _sweep(args, overrides) -> int:
   from jaxbert import config as config_lib  # pylint: disable=g-import-not-at-top

@@ -180,7 +180,8 @@ class HandoverReport:
                    + (f"  ({', '.join(heads)})" if heads and k != "loaded" else ""))
     if self.trainable is not None:
       n, total = self.trainable
-      lines.append(f"  trainable     {n:>12,d} of {total:,d} parameters ({100 * n / max(total, 1):.2f} %)")
+      lines.append(f"  trainable     {n:>12,d} of {total:,d} parameters "
+                   f"({100 * n / max(total, 1):.2f} %)")
     return "\n".join(lines)
 
 

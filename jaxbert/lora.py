@@ -19,8 +19,9 @@ the model and its parameter tree, not of the train step:
   optimizer state, so the base weights stay bitwise as loaded; adapters and new task
   heads train (PEFT's `modules_to_save` for a classifier);
 - checkpoints hold the training state as always, adapters included, so a run resumes
-  exactly; what reads a run's weights for use (export-hf, predict, embed:
-  handover.read_checkpoint) gets `merge`d kernels and no adapter leaves.
+  exactly; what reads a run's weights for use (export-hf, predict, embed, generate:
+  handover._restore_params, under read_checkpoint and decoder_weights.load) gets
+  `merge`d kernels and no adapter leaves.
 
 Adapter leaves sit under their kernel's layer, so `params.depth` gives them the layer's
 depth (layer-wise rates apply) and weight decay applies to them as to kernels.

@@ -319,13 +319,13 @@ def train_trials(configs: list[ConfigDict], workdirs: list[str], tasks: list[Tas
         r.mngr.wait_until_finished()
         r.mngr.close()
     bar.close()
-    for metrics_log in logs:
-      metrics_log.close()
-    preempt.restore()
     for b in batches:  # loader workers stop now, their shared memory freed
       close = getattr(b, "close", None)
       if close is not None:
         close()
+    for metrics_log in logs:
+      metrics_log.close()
+    preempt.restore()
   return [r.outcome for r in runs]
 
 

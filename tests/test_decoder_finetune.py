@@ -96,7 +96,8 @@ def test_lora_targets_every_projection_and_freezes_the_rest(tree):
                            for i in range(cfg.num_layers) for p in per_layer)
   assert lora.targets(flat, "top:1") == [k for k in kernels
                                          if k.startswith(f"decoder/layer_{cfg.num_layers - 1}/")]
-  with_adapters = names + [k.replace("/kernel", f"/{ab}") for k in kernels for ab in (lora.A, lora.B)]
+  with_adapters = names + [k.replace("/kernel", f"/{ab}")
+                           for k in kernels for ab in (lora.A, lora.B)]
   frozen = lora.frozen_base(with_adapters)
   # Everything pre-trained, the untied lm_head included; nothing else is left to train.
   assert frozen == set(names)
@@ -160,8 +161,8 @@ def test_last_token_classifier_matches_transformers(arch, num_labels, tmp_path):
       lambda: model.init(jax.random.key(0), {"input_ids": ids, "attention_mask": mask}))["params"]))
   assert names == set(P.tree_names(params)) and "score/kernel" in names
   assert not any(n.startswith("lm_head") for n in names)
-  ours = np.asarray(model.apply({"params": params},
-                                {"input_ids": jnp.asarray(ids), "attention_mask": jnp.asarray(mask)})["logits"])
+  batch = {"input_ids": jnp.asarray(ids), "attention_mask": jnp.asarray(mask)}
+  ours = np.asarray(model.apply({"params": params}, batch)["logits"])
   positions = np.maximum(np.cumsum(mask, -1) - 1, 0)
   hf_logits = lambda m, **kw: m(input_ids=torch.tensor(ids, dtype=torch.long),
                                 attention_mask=torch.tensor(mask, dtype=torch.long),

@@ -72,7 +72,8 @@ def test_merge_starts_at_the_base_and_agrees_between_numpy_and_jax():
   model, batch = _tiny_classifier()
   wrapped = lora.wrap(model, _lora_config())
   params = wrapped.init({"params": jax.random.key(1)}, batch)["params"]
-  base = {k: v for k, v in traverse_util.flatten_dict(params).items() if k[-1] not in (lora.A, lora.B)}
+  base = {k: v for k, v in traverse_util.flatten_dict(params).items()
+          if k[-1] not in (lora.A, lora.B)}
   merged = traverse_util.flatten_dict(lora.merge(params, 2.0))
   assert merged.keys() == base.keys()
   for k in base:  # B starts at zero: the adapted model starts as the pre-trained one
@@ -163,7 +164,8 @@ def test_adapters_alone_lower_the_loss():
   model, batch = _tiny_classifier()
   rng = np.random.default_rng(0)
   batch = dict(batch, input_ids=jnp.asarray(rng.integers(1, 64, (8, 8)), jnp.int32),
-               token_type_ids=jnp.zeros((8, 8), jnp.int32), attention_mask=jnp.ones((8, 8), jnp.int32),
+               token_type_ids=jnp.zeros((8, 8), jnp.int32),
+               attention_mask=jnp.ones((8, 8), jnp.int32),
                label=jnp.asarray(rng.integers(0, 2, 8), jnp.int32))
   wrapped = lora.wrap(model, _lora_config())
   params = wrapped.init({"params": jax.random.key(0)}, batch)["params"]
