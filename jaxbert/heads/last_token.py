@@ -153,10 +153,10 @@ def sentence_model(cfg: DecoderConfig, spec):
 
 
 def hand_over(init: str, source_params, params, shardings, workdir: str, *, reinit: str = "",
-              trainable: tuple[int, int] | None = None):
-  """`params` with every decoder/... leaf `source_params` has (same shape) put in its
-  sharding, but those `reinit` selects; the report printed and written to
-  WORKDIR/handover.json as the encoder's."""
+              trainable: tuple[int, int] | None = None, prefixes: tuple[str, ...] = ("decoder/",)):
+  """`params` with every leaf under `prefixes` (decoder/...; instruction tuning adds
+  lm_head/) that `source_params` has (same shape) put in its sharding, but those `reinit`
+  selects; the report printed and written to WORKDIR/handover.json as the encoder's."""
   import os  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   from flax import traverse_util  # pylint: disable=g-import-not-at-top
@@ -169,7 +169,7 @@ def hand_over(init: str, source_params, params, shardings, workdir: str, *, rein
   fresh = set() if selector.empty else selector.select(list(target))
   loaded = {}
   for k, v in target.items():
-    if k.startswith("decoder/") and k in saved and k not in fresh:
+    if k.startswith(prefixes) and k in saved and k not in fresh:
       if tuple(saved[k].shape) != tuple(v.shape):
         raise UserError(f"config.init={init}: {k} has shape {tuple(saved[k].shape)}, the "
                         f"model expects {tuple(v.shape)}")
@@ -200,7 +200,8 @@ def is_classifier_run(workdir: str | None) -> bool:
       config = json.load(f)
   except (OSError, ValueError):
     return False
-  return config.get("task") == "finetune" and is_decoder_init(config.get("init") or "")
+  return (config.get("task") == "finetune" and is_decoder_init(config.get("init") or "")
+          and (config.get("data") or {}).get("task") != "instruct")  # jaxbert/instruct.py
 
 
 def export(checkpoint: str, workdir: str, out_dir: str, architecture: str | None = None, *,
