@@ -120,9 +120,10 @@ class _Streamer:
     self.tokenizer, self.prompt, self.stops, self.out = tokenizer, prompt, stops, out
     self.printed = ""
 
-  def __call__(self, tokens: np.ndarray):
+  def __call__(self, tokens: np.ndarray, final: bool = False):
     text = completion_text(self.tokenizer, self.prompt, tokens[0].tolist(), self.stops)
-    text = text.rstrip("\ufffd")
+    if not final:  # a character's first bytes: its last bytes may come in the next chunk
+      text = text.rstrip("\ufffd")
     if text.startswith(self.printed) and len(text) > len(self.printed):
       self.out.write(text[len(self.printed):])
       self.out.flush()
@@ -150,7 +151,7 @@ def generate_command(args) -> int:
     streamer = _Streamer(tokenizer, prompts[0], stops, sys.stdout)
     result = gen.run(params, prompts, args.max_new_tokens, seed=args.seed, chunk=STREAM_CHUNK,
                      on_chunk=streamer)
-    streamer(np.asarray([result.tokens[0]]))
+    streamer(np.asarray([result.tokens[0]]), final=True)  # whatever bytes end it
     sys.stdout.write("\n")
     sys.stdout.flush()
     stats = [result]

@@ -213,3 +213,66 @@ def test_chat_template_raise_exception_is_a_user_error():
   from jaxbert.errors import UserError  # pylint: disable=g-import-not-at-top
   with pytest.raises(UserError, match="unknown role tool"):
     chat_template.render(_FEATURES_TEMPLATE, [{"role": "tool", "content": "x"}])
+
+
+# --- through the command line ----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory):
+  """A decoder bundle as import-hf writes one: random llama-tiny, a small byte-level BPE."""
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # pylint: disable=g-import-not-at-top
+  from jaxbert.checkpoint import save_bundle  # pylint: disable=g-import-not-at-top
+  from jaxbert.hf.bpe_tokenizer import BPETokenizer  # pylint: disable=g-import-not-at-top
+  tok = Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(vocab_size=200, special_tokens=["<|endoftext|>", "<|im_start|>",
+                                                                "<|im_end|>"],
+                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+  tok.train_from_iterator(["the cat sat on the mat", "a dog ran in the park"] * 20, trainer)
+  bpe = BPETokenizer(tok, {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>",
+                           "chat_template": _FEATURES_TEMPLATE})
+  cfg = decoder.decoder_preset("llama-tiny", vocab_size=bpe.vocab_size, initializer_range=0.3,
+                               max_position_embeddings=64)
+  params = decoder.DecoderLM(cfg).init(jax.random.key(2), jnp.zeros((1, 4), jnp.int32))["params"]
+  path = str(tmp_path_factory.mktemp("gen") / "bundle")
+  save_bundle(path, params, cfg, bpe, head="causal_lm")
+  return path
+
+
+def test_cli_generate_and_evaluate_lm(tiny_bundle, tmp_path, capsys):
+  from jaxbert.cli import main  # pylint: disable=g-import-not-at-top
+  prompts = tmp_path / "prompts.txt"
+  prompts.write_text("the cat\n\na dog ran in\nthe\n")
+  out = tmp_path / "out.jsonl"
+  common = ["generate", "--checkpoint", tiny_bundle, "--max-new-tokens", "6"]
+  assert main(common + ["--input", str(prompts), "--output", str(out), "--batch-size", "2"]) == 0
+  rows = [json.loads(line) for line in out.read_text().splitlines()]
+  assert [(r["line"], r["prompt"]) for r in rows] == [(1, "the cat"), (3, "a dog ran in"),
+                                                      (4, "the")]
+  assert all(1 <= r["new_tokens"] <= 6 and r["stop"] in ("eos", "length") for r in rows)
+  capsys.readouterr()
+  assert main(common + ["--prompt", "a dog ran in"]) == 0  # streamed: same greedy text
+  streamed = capsys.readouterr()
+  assert streamed.out == rows[1]["completion"] + "\n" and "tokens/s" in streamed.err
+  assert main(common + ["--prompt", "the cat", "--chat", "--temperature", "1", "--top-p",
+                        "0.9", "--seed", "1"]) == 0
+
+  text = tmp_path / "text.txt"
+  text.write_text("the cat sat on the mat. " * 8)
+  assert main(["evaluate-lm", "--checkpoint", tiny_bundle, "--input", str(text),
+               "--max-length", "16", "--stride", "8"]) == 0
+  report = capsys.readouterr().out
+  assert "perplexity" in report and "bits per byte" in report and "bytes scored" in report
+
+  (tmp_path / "empty.txt").write_text("\n\n")
+  for argv, message in [
+      (common + ["--prompt", "the cat " * 40], "exceeds the model's context of 64 tokens"),
+      (common + ["--input", str(tmp_path / "empty.txt")], "holds no prompt"),
+      (common + ["--prompt", "x", "--top-p", "0"], "--top-p 0.0 is invalid"),
+      (["generate", "--checkpoint", str(tmp_path / "nope"), "--prompt", "x"], "no such file"),
+      (["evaluate-lm", "--checkpoint", tiny_bundle, "--input", str(tmp_path / "empty.txt")],
+       "is empty")]:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("jaxbert: error: ") and "Traceback" not in err
