@@ -295,3 +295,43 @@ def decoder_pretrain_config(preset_name: str = "gpt-mini") -> ConfigDict:
   c.optim.decay = "cosine"
   c.optim.end_lr_fraction = 0.1
   return c
+
+
+# ----------------------------------------------------------------------- instruction tuning
+
+INSTRUCT_TASK = "instruct"  # config.data.task of instruction tuning (jaxbert/instruct.py)
+
+
+def is_instruct(config: ConfigDict) -> bool:
+  """Whether `config` is an instruction-tuning run: `jaxbert finetune` with
+  data.task = "instruct" (run.build_task and validate pick its task and schema by it)."""
+  data = config.get("data")
+  return config.get("task") == "finetune" and data is not None and data.get("task") == INSTRUCT_TASK
+
+
+def instruct_config() -> ConfigDict:
+  """Instruction tuning (supervised fine-tuning) of a decoder on JSONL examples
+  (jaxbert/data/instruct_data.py): fine-tuning's keys with a decoder's model group (the
+  architecture is config.init's; dropout_rate, dtype and remat apply) and its own data
+  group."""
+  c = finetune_config()
+  c.name = "instruct"
+  del c.head
+  c.model = decoder_model_config("")
+  c.data = ConfigDict({
+      "task": INSTRUCT_TASK,
+      # JSONL, one {"prompt", "completion"} or {"messages": [...]} object a line: a file, or
+      # a folder holding train.jsonl and dev.jsonl (or valid.jsonl).
+      "train_file": "",
+      "eval_file": "",          # "" with a train_file folder: its dev.jsonl
+      "max_seq_len": 512,       # pieces per packed row; a longer example is cut
+      # The generation pass over the held-out prompts (greedy): this many prompts (0: held-out
+      # loss only), at most max_new_tokens new pieces each.
+      "generate_examples": 256,
+      "max_new_tokens": 64,
+  })
+  c.optim.lr = 2e-5
+  c.optim.weight_decay = 0.0
+  c.train.batch_size = 8
+  c.train.epochs = 2.0
+  return c

@@ -19,18 +19,21 @@ from jaxbert.train import Outcome, TrainingDiverged, check_workdir_config, train
 log = logging.getLogger("jaxbert")
 
 
-# (config.task, defaults.model_family) -> "module:callable(config, workdir, mesh)".
+# (config.task, defaults.model_family) -> "module:callable(config, workdir, mesh)";
+# instruction tuning is `jaxbert finetune` with data.task = "instruct" (defaults.is_instruct).
 TASKS = {
     ("pretrain", "encoder"): "jaxbert.pretrain:build_task",   # MLM + NSP
     ("pretrain", "decoder"): "jaxbert.clm:build_task",        # next-token prediction
     ("finetune", "encoder"): "jaxbert.finetune:FinetuneTask",
+    ("instruct", "decoder"): "jaxbert.instruct:build_task",   # finetune, data.task="instruct"
 }
 
 
 def build_task(config: ConfigDict, workdir: str, mesh):
   """The task of `config`; its inputs (tokenizer, corpus, task files) are prepared first."""
   family = defaults.model_family(config)
-  target = TASKS.get((config.task, family))
+  kind = "instruct" if defaults.is_instruct(config) else config.task
+  target = TASKS.get((kind, family))
   if target is None:
     kinds = ", ".join(f"{t} ({f})" for t, f in TASKS)
     raise UserError(f"config.task={config.task!r} with a {family} model is not a run jaxbert "

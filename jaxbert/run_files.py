@@ -107,7 +107,13 @@ def summary(config: ConfigDict, workdir: str) -> str:
   lines.append(f"  TensorBoard  tensorboard --logdir {os.path.join(w, 'tensorboard')}  "
                "(pip install tensorboard)")
   quoted = shlex.quote(w)
-  if config.task == "finetune":
+  from jaxbert.defaults import is_instruct  # pylint: disable=g-import-not-at-top
+  if is_instruct(config):  # a decoder again: generate and export as one
+    lines.append(f"  results      {os.path.join(w, 'results.json')}, "
+                 f"{os.path.join(w, 'predictions.jsonl')}")
+    lines.append(f"  next         jaxbert generate --checkpoint {quoted} --input FILE")
+    lines.append(f"               jaxbert export-hf {quoted} --out {shlex.quote(w + '-hf')}")
+  elif config.task == "finetune":
     results = [os.path.join(w, n) for n in ("results.json", "predictions.jsonl")
                if os.path.exists(os.path.join(w, n))]
     if results:

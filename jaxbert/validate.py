@@ -107,6 +107,8 @@ RULES = {
                   "tfds task name (glue/sst2, conll2003, squad/v1.1, ...)"),
     "data.train_split": _NONEMPTY, "data.eval_split": _NONEMPTY,
     "data.data_dir": _STR, "data.length_buckets": _int(1),
+    "data.train_file": _STR, "data.eval_file": _STR, "data.generate_examples": _int(0),
+    "data.max_new_tokens": _int(1),
     "train.steps": _int(0), "train.batch_size": _int(1), "train.seed": _ANY_INT,
     "train.log_every": _int(1), "train.eval_every": _int(1), "train.checkpoint_every": _int(1),
     "train.keep_checkpoints": _int(1), "train.progress": _BOOL, "train.peak_flops": _NONNEG,
@@ -190,7 +192,9 @@ def validate(config: ConfigDict) -> None:
   if task not in TASKS:
     raise _bad("config.task", task, f"use one of {list(TASKS)}")
   decoder = defaults.model_family(config) == "decoder"
-  want, have = _leaves(schema(task, defaults.model_family(config))), _leaves(config)
+  want = _leaves(defaults.instruct_config() if defaults.is_instruct(config)
+                 else schema(task, defaults.model_family(config)))
+  have = _leaves(config)
   for key in have:
     if key not in want:
       close = suggest(key, list(want))
@@ -234,6 +238,9 @@ def _check_together(c: ConfigDict) -> None:
   if finetune and c.lora.rank and not c.init:
     raise UserError(f"config.lora.rank={c.lora.rank} adapts a pre-trained model, but "
                     "config.init is empty; set config.init or drop config.lora.rank")
+  if defaults.is_instruct(c) and not c.init:
+    raise UserError("instruction tuning (data.task='instruct') starts from a decoder: set "
+                    "--config.init=BUNDLE (jaxbert import-hf) or a causal-LM run's workdir")
   if finetune and not c.init and not c.tokenizer.path:
     raise UserError("fine-tuning from random initialisation needs --config.tokenizer.path "
                     "(or start from a checkpoint with --config.init=...)")
@@ -269,6 +276,12 @@ def check_data_locations(c: ConfigDict) -> None:
     origin = f" (from {defaults.CORPUS_ENV})" if corpus == os.environ.get(defaults.CORPUS_ENV) else ""
     raise UserError(f"config.data.corpus={corpus}{origin}: the corpus path {corpus} does not "
                     "exist; give a text file, a folder or glob of them, or tfds:NAME")
+  if defaults.is_instruct(c):
+    from jaxbert.data import instruct_data  # pylint: disable=g-import-not-at-top
+    for path, key in zip(instruct_data.resolve_files(c.data.train_file, c.data.eval_file),
+                         ("config.data.train_file", "config.data.eval_file")):
+      instruct_data.read_jsonl(path, key)  # a bad line is reported now, before JAX starts
+    return
   from jaxbert.data import tasks  # pylint: disable=g-import-not-at-top
   tasks.task_data_dir(c.data.task, c.data.data_dir, "")
 
