@@ -2,6 +2,7 @@
 
     .venv/bin/python tools/kill_resume.py                  # pre-training and fine-tuning
     .venv/bin/python tools/kill_resume.py --task finetune --keep --root /tmp/kr
+    .venv/bin/python tools/kill_resume.py --task gpt       # causal-LM pre-training (gpt-tiny)
 
 For each task, one uninterrupted run is the reference. Then, for every kill moment
 below, a fresh run is killed with SIGKILL at that moment (no handler runs, nothing
@@ -53,6 +54,7 @@ FINETUNE_STEPS, FINETUNE_CKPT = 24, 4  # 2 epochs of 96 examples, batch 8
 PRETRAIN_KILLS = ("file:tokenizer/spm.model", "step:1", "write:3", "step:4", "seal:6",
                   "sealed:6", "committed:6", "step:8", "write:9", "sealed:12", "committed:12",
                   "step:11")
+GPT_KILLS = ("file:tokenizer/spm_lm.model",) + PRETRAIN_KILLS[1:]
 FINETUNE_KILLS = ("file:tfds", "file:handover.json", "write:4", "step:6", "seal:8", "sealed:12",
                   "committed:12", "step:15", "write:16", "seal:24", "committed:24", "step:23")
 
@@ -127,6 +129,12 @@ def get_config():
   return c
 '''
 
+# The same run as a narrow gpt-tiny decoder (causal LM; --task gpt).
+_GPT_CONFIG = (_PRETRAIN_CONFIG.replace("pretrain_config", "decoder_pretrain_config")
+               .replace('"tiny"', '"gpt-tiny"').replace("kill-resume-pretrain", "kill-resume-gpt")
+               .replace("c.model.override_preset_sizes = True", "c.model.num_kv_heads = 2")
+               .replace(" max_predictions_per_seq=5,", "").replace("BERT", "decoder"))
+
 _FINETUNE_CONFIG = '''"""Fine-tune the tiny BERT on a local TSV task (tools/kill_resume.py)."""
 from jaxbert.defaults import finetune_config
 
@@ -177,11 +185,11 @@ def _watch(path_test, interval=0.0005):
 def arm(moment: str, workdir: str, slow: float = 0.0) -> None:
   """Installs the kill `moment` (see the module docstring) and the per-step sleep."""
   from jaxbert import checkpoint  # pylint: disable=g-import-not-at-top
-  from jaxbert import finetune, pretrain  # pylint: disable=g-import-not-at-top
+  from jaxbert import clm, finetune, pretrain  # pylint: disable=g-import-not-at-top
   kind, _, arg = moment.partition(":")
   root = os.path.join(os.path.abspath(workdir), "checkpoints")
   kill_step = int(arg) if kind == "step" else None
-  for cls in (pretrain.PretrainTask, finetune.FinetuneTask):
+  for cls in (pretrain.PretrainTask, finetune.FinetuneTask, clm.CausalLMTask):
     original = cls.batches
 
     def batches(self, start_step, *args, original=original):
@@ -329,7 +337,7 @@ def reference(task: str, paths: dict[str, str], root: str, env) -> str:
   """The uninterrupted run of `task` (run once; its stderr kept in <task>_ref.log)."""
   workdir = os.path.join(root, f"{task}_ref")
   if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-    ref = run_child(task, paths[f"{task}_config"], workdir, env=env)
+    ref = run_child(COMMANDS[task], paths[f"{task}_config"], workdir, env=env)
     with open(workdir + ".log", "w") as f:
       f.write(ref.stderr)
     if ref.returncode:
@@ -337,10 +345,19 @@ def reference(task: str, paths: dict[str, str], root: str, env) -> str:
   return workdir
 
 
-def prepare(root: str, env) -> dict[str, str]:
-  """Corpus, task and configs under `root`, and the pre-training reference run."""
+COMMANDS = {"pretrain": "pretrain", "finetune": "finetune", "gpt": "pretrain"}
+
+
+def prepare(root: str, env, tasks=("pretrain", "finetune")) -> dict[str, str]:
+  """Corpus, task and configs under `root`, and the pre-training reference run (for the
+  fine-tuning it starts from)."""
   paths = {"corpus": write_corpus(os.path.join(root, "corpus.txt")),
            "task": write_task(os.path.join(root, "task"))}
+  paths["gpt_config"] = os.path.join(root, "gpt_config.py")
+  with open(paths["gpt_config"], "w") as f:
+    f.write(_GPT_CONFIG.format(corpus=paths["corpus"], steps=PRETRAIN_STEPS, ckpt=PRETRAIN_CKPT))
+  if tasks == ("gpt",):
+    return paths
   paths["pretrain_config"] = write_pretrain_config(os.path.join(root, "pretrain_config.py"),
                                                    paths["corpus"])
   paths["pretrain_ref"] = reference("pretrain", paths, root, env)
@@ -356,7 +373,7 @@ def run_task(task: str, paths: dict[str, str], root: str, env, kills) -> tuple[i
     workdir = os.path.join(root, f"{task}_kill{i}")
     shutil.rmtree(workdir, ignore_errors=True)
     t = time.perf_counter()
-    ok, how = kill_trial(task, paths[f"{task}_config"], workdir, kill, ref, env=env)
+    ok, how = kill_trial(COMMANDS[task], paths[f"{task}_config"], workdir, kill, ref, env=env)
     ok_count += ok
     print(f"{task:8s} kill -9 at {kill:24s} {'bitwise equal' if ok else 'FAILED':13s} "
           f"{how} ({time.perf_counter() - t:.0f} s)", flush=True)
@@ -369,7 +386,8 @@ def main(argv=None) -> int:
   if argv[:1] == ["child"]:
     return child_main(argv[1:])
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--task", choices=("pretrain", "finetune", "both"), default="both")
+  p.add_argument("--task", choices=("pretrain", "finetune", "gpt", "both"), default="both",
+                 help="both: pretrain and finetune; gpt: causal-LM pre-training")
   p.add_argument("--root", default=None, help="working folder (default: a temporary one)")
   p.add_argument("--keep", action="store_true", help="keep the working folder")
   args = p.parse_args(argv)
@@ -378,11 +396,10 @@ def main(argv=None) -> int:
   env = child_env(os.path.join(root, "jax_cache"))
   t = time.perf_counter()
   try:
-    paths = prepare(root, env)
     tasks = ("pretrain", "finetune") if args.task == "both" else (args.task,)
-    results = [run_task(task, paths, root, env,
-                        PRETRAIN_KILLS if task == "pretrain" else FINETUNE_KILLS)
-               for task in tasks]
+    paths = prepare(root, env, tasks)
+    kills = {"pretrain": PRETRAIN_KILLS, "finetune": FINETUNE_KILLS, "gpt": GPT_KILLS}
+    results = [run_task(task, paths, root, env, kills[task]) for task in tasks]
   finally:
     if not args.keep and not args.root:
       shutil.rmtree(root, ignore_errors=True)
