@@ -118,6 +118,8 @@ class CausalLMTask:
              train_store.num_docs, train_store.num_tokens, self.train_rows.num_examples(),
              d.max_seq_len, 100 * self.train_rows.efficiency(), eval_store.num_docs,
              self.num_eval_rows, len(targets), self.eval_bytes,
+             # config.model names the architecture of a fresh model only
+             f"{self.model_cfg.arch} from {config.init}" if source else
              config.model.preset or self.model_cfg.arch, self.model_cfg.vocab_size)
 
   def example_batch(self):

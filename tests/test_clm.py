@@ -163,3 +163,61 @@ def test_unigram_baseline_is_add_one_smoothed_on_training_documents():
   np.testing.assert_allclose(np.exp(logp), counts / counts.sum())
   rows = LMRows(store, 8, 2, 0, seed=0, shuffle=False)
   assert sorted(targets_of(rows, range(rows.num_examples())).tolist()) == [2, 2, 3, 3, 4, 4]
+
+
+def test_continued_pretraining_from_an_imported_decoder_at_another_length(tmp_path):
+  """--config.init=<import-hf bundle>: the bundle's architecture, weights and tokenizer
+  (not config.model's gpt-tiny nor a trained BPE), at a sequence length of the run's."""
+  pytest.importorskip("torch")
+  import sys
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import test_decoder_hf as hf_tests
+  import transformers
+  from jaxbert import decoder_weights
+  from jaxbert.hf import import_hf
+  from jaxbert.run import run
+  bpe = hf_tests.bpe_dir.__wrapped__(tmp_path_factory=_Factory(tmp_path))
+  tok = transformers.AutoTokenizer.from_pretrained(bpe)
+  hf = hf_tests._hf_model("llama", len(tok))  # pylint: disable=protected-access
+  hf.save_pretrained(str(tmp_path / "hf"))
+  tok.save_pretrained(str(tmp_path / "hf"))
+  bundle = str(tmp_path / "bundle")
+  import_hf(str(tmp_path / "hf"), bundle)
+  cfg, params, bundle_tok = decoder_weights.load(bundle)
+  corpus = _phrase_corpus(str(tmp_path / "corpus.txt"), num_docs=40)
+  workdir = str(tmp_path / "cont")
+  lr = 1e-4
+  config = _config(corpus, 2, lr=lr)
+  config.init = bundle
+  config.data.max_seq_len = 48
+  config.optim.warmup_steps = 0
+  config.train.checkpoint_every = 2
+  metrics = run(config, workdir, devices=jax.devices()[:1])
+  # The run keeps the bundle's byte-level BPE (no SentencePiece trained on the corpus).
+  saved = dtok.load(os.path.join(workdir, "tokenizer"))
+  assert not os.path.exists(os.path.join(workdir, "tokenizer", dtok.SPM_LM_FILE))
+  assert saved.encode("the cat sat on the mat") == bundle_tok.encode("the cat sat on the mat")
+  step, state = _final_state(workdir)
+  assert step == 2 and np.isfinite(metrics["lm_loss"])
+  flat = {jax.tree_util.keystr(k): np.asarray(v)
+          for k, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+  trained = {k: v for k, v in state.items() if k.startswith(".params") or "'params'" in k[:12]}
+  assert len(trained) == len(flat)
+  for key, value in flat.items():
+    (got,) = [v for k, v in trained.items() if k.endswith(key)]
+    assert got.shape == value.shape
+    # Two Adam steps move a weight by at most ~2 lr: the run started from the bundle.
+    assert np.abs(got - value).max() <= 3 * lr, key
+  assert cfg.arch == "llama" and bundle_tok.vocab_size == len(tok)
+
+
+class _Factory:
+  """tmp_path_factory's mktemp on a plain folder (bpe_dir wants a factory)."""
+
+  def __init__(self, root):
+    self.root = root
+
+  def mktemp(self, name):
+    path = self.root / name
+    path.mkdir()
+    return path
