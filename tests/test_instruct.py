@@ -187,6 +187,12 @@ def test_finetune_command_learns_the_mapping(bundle, tmp_path, capsys):
   logged = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
   losses = [r["lm_loss"] for r in logged if "lm_loss" in r and "completion_loss" not in r]
   assert losses[-1] < 0.2 * losses[0], losses
+  # The run is a decoder checkpoint: jaxbert generate gives the evaluation's completions.
+  (tmp_path / "prompts.txt").write_text("the cat sat on the\na dog ran in the\n")
+  assert main(["generate", "--checkpoint", workdir, "--input", str(tmp_path / "prompts.txt"),
+               "--output", str(tmp_path / "gen.jsonl"), "--max-new-tokens", "8"]) == 0
+  gen = [json.loads(l)["completion"] for l in open(tmp_path / "gen.jsonl")]
+  assert gen == [p["prediction"] for p in preds[:2]]
   report = json.load(open(os.path.join(workdir, "handover.json")))
   assert "lm_head/kernel" in report["loaded"]["paths"] and not report["new"]["paths"]
   out = capsys.readouterr().out
