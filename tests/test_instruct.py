@@ -243,3 +243,53 @@ def test_bad_input_through_the_command(bundle, tmp_path, capsys):
     if "max_seq_len=8" not in extra[-1]:  # the files are read when the config loads: no INFO
       assert len(lines) == 1, err
     assert not os.path.exists(os.path.join(workdir, "config.json"))
+
+
+def test_lora_run_resumes_exactly(bundle, tmp_path):
+  """A LoRA instruction-tuning run stopped by SIGTERM at step 3 (mid epoch 0 of 4-step
+  epochs) and started again ends bitwise as the run never stopped; the decoder's own
+  weights stay as imported."""
+  import signal  # pylint: disable=g-import-not-at-top
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+  from conftest import final_params  # pylint: disable=g-import-not-at-top
+  from jaxbert import config as config_lib  # pylint: disable=g-import-not-at-top
+  from jaxbert import decoder_weights, lora  # pylint: disable=g-import-not-at-top
+  from jaxbert import train as train_lib  # pylint: disable=g-import-not-at-top
+  from jaxbert.run import run  # pylint: disable=g-import-not-at-top
+  data = str(tmp_path / "data")
+  _data(data)
+  config = config_lib.load(CONFIG, [
+      f"--config.init={bundle}", f"--config.data.train_file={data}", "--config.data.max_seq_len=48",
+      "--config.train.batch_size=4", "--config.train.steps=8", "--config.train.checkpoint_every=2",
+      "--config.optim.lr=3e-3", "--config.lora.rank=4", "--config.data.generate_examples=0",
+      "--config.train.progress=False"])
+  devices = jax.devices()[:1]
+  ref = str(tmp_path / "ref")
+  run(config, ref, devices)
+  stopped = str(tmp_path / "stopped")
+  save = train_lib.save_checkpoint
+  sent = []
+
+  def saving(mngr, at, state, tokenizer_json):
+    save(mngr, at, state, tokenizer_json)
+    if at == 2 and not sent:
+      sent.append(at)
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(train_lib, "save_checkpoint", saving)
+    run(config, stopped, devices)
+  assert sent == [2] and final_params(stopped)[0] == 3  # saved at the next step
+  run(config, stopped, devices)
+  (step_a, a), (step_b, b) = final_params(ref), final_params(stopped)
+  assert step_a == step_b == 8 and set(a) == set(b)
+  for k in a:
+    np.testing.assert_array_equal(b[k], a[k], err_msg="/".join(k))
+  assert json.load(open(os.path.join(stopped, "results.json")))["metrics"] == \
+      json.load(open(os.path.join(ref, "results.json")))["metrics"]
+  source = traverse_util.flatten_dict(decoder_weights.load(bundle)[1])
+  base = [k for k in a if k[-1] not in (lora.A, lora.B)]
+  assert set(base) == set(source)
+  for k in base:
+    np.testing.assert_array_equal(a[k], source[k], err_msg="/".join(k))
+  assert all(np.abs(a[k]).max() > 0 for k in a if k[-1] == lora.B)
