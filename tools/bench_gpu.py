@@ -1,23 +1,27 @@
-"""One call on a GPU machine: jaxbert against Hugging Face PyTorch, base and large, bfloat16.
+"""One call on a GPU machine: jaxbert against Hugging Face PyTorch (eager and torch.compile),
+both model families, bfloat16.
 
     python tools/bench_gpu.py --out runs/bench_gpu.md
+    python tools/bench_gpu.py --smoke          # tiny shapes on CPU: a check of the script
 
-Runs `python -m tools.bench` once per (preset, sequence length, batch) of --configs, each in
-its own process (so every run starts with the whole device), with `--peer hf-torch`
-(eager and torch.compile, alternating with jaxbert), and prints one table: tokens/s,
-MFU against the bfloat16 matmul peak that bench.py measures on the device, compile
-time, memory, and jaxbert's speed ratio against each peer. Installs nothing; needs
-jax with CUDA, torch and transformers, as the lent H100/H200 image has.
+Each (preset, sequence length, batch) of --configs runs in its own process (so every run
+starts with the whole device): an encoder preset (base, large, ...) through
+`python -m tools.bench --peer hf-torch` (the pre-training step against BertForPreTraining),
+a decoder preset (gpt2, smollm2-135m, ...) through `python -m tools.bench_decoder` (the
+causal-LM step against GPT2LMHeadModel / LlamaForCausalLM). Both alternate jaxbert with
+the peers in rounds and measure MFU against the bfloat16 matmul peak (bf16 x bf16 -> f32)
+they measure on the device. One table: tokens/s, MFU, compile time, memory, and jaxbert's
+speed ratio against each peer. The default configs are issue 24's: BERT-large at 128
+pieces and GPT-2 124M at 1,024 tokens first (the targets), then base at 128 and 512 and
+large at 512.
 
-JAX preallocates most of the GPU by default, which would starve PyTorch in the same
-process: the runs get XLA_PYTHON_CLIENT_PREALLOCATE=false. The runs import jaxbert from
-this checkout (PYTHONPATH), so it need not be installed there; a device image without
-ml_collections (pure Python) gets it from .whl/site/, which `--prepare` fills from this
-machine's .venv (carry `.whl` to the device). No configuration starts after --budget-s
-seconds, so a run fits a device machine's per-command limit.
-
-The same script runs on CPU for a quick check of itself:
-    python tools/bench_gpu.py --configs tiny:128:8 --dtype float32 --steps 10 --rounds 2
+Installs nothing and reaches no network; needs jax with CUDA, torch and transformers, as
+the lent H100/H200 image has. JAX preallocates most of the GPU by default, which would
+starve PyTorch in the same process: the runs get XLA_PYTHON_CLIENT_PREALLOCATE=false. The
+runs import jaxbert from this checkout (PYTHONPATH), so it need not be installed there; a
+device image without ml_collections (pure Python) gets it from .whl/site/, which
+`--prepare` fills from this machine's .venv (carry `.whl` to the device). No configuration
+starts after --budget-s seconds, so a run fits a device machine's per-command limit.
 """
 
 from __future__ import annotations
@@ -35,17 +39,31 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 SITE = os.path.join(REPO, ".whl", "site")
 # (preset, sequence length, batch): the issue's base and large at 128 and 512 pieces.
-DEFAULT_CONFIGS = "large:128:64,base:128:64,base:512:16,large:512:16"
+DEFAULT_CONFIGS = "large:128:64,gpt2:1024:16,base:128:64,base:512:16,large:512:16"
+SMOKE_CONFIGS = "tiny:32:8,gpt-tiny:32:8"
+
+
+def is_decoder(preset: str) -> bool:
+  sys.path.insert(0, REPO)
+  from jaxbert import decoder  # pylint: disable=g-import-not-at-top
+  return decoder.is_decoder_preset(preset)
 
 
 def run_one(preset: str, seq_len: int, batch: int, args) -> dict:
   with tempfile.TemporaryDirectory() as tmp:
     out = os.path.join(tmp, "result.json")
-    cmd = [sys.executable, "-m", "tools.bench", "--preset", preset,
-           "--seq-len", str(seq_len), "--batch", str(batch), "--dtype", args.dtype,
-           "--steps", str(args.steps), "--rounds", str(args.rounds), "--json", out]
-    if args.peer_modes:
-      cmd += ["--peer", "hf-torch", "--peer-modes", args.peer_modes]
+    if is_decoder(preset):
+      cmd = [sys.executable, "-m", "tools.bench_decoder", "--presets", preset,
+             "--seq-len", str(seq_len), "--batch", str(batch), "--dtypes", args.dtype,
+             "--steps", str(args.decoder_steps), "--rounds", str(args.rounds), "--json", out,
+             "--peer-modes", args.peer_modes]
+    else:
+      cmd = [sys.executable, "-m", "tools.bench", "--preset", preset,
+             "--seq-len", str(seq_len), "--batch", str(batch), "--dtype", args.dtype,
+             "--steps", str(args.steps), "--rounds", str(args.rounds), "--json", out]
+      cmd += args.encoder_extra
+      if args.peer_modes:
+        cmd += ["--peer", "hf-torch", "--peer-modes", args.peer_modes]
     path = [REPO] + ([SITE] if os.path.isdir(SITE) else []) + [os.environ.get("PYTHONPATH", "")]
     env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false",
                PYTHONPATH=os.pathsep.join(p for p in path if p))
@@ -59,7 +77,12 @@ def run_one(preset: str, seq_len: int, batch: int, args) -> dict:
     if proc.returncode != 0:
       return {"error": f"exit {proc.returncode}: " + proc.stderr.strip().splitlines()[-1][:200]}
     with open(out) as f:
-      return json.load(f)
+      result = json.load(f)
+    if isinstance(result, list):  # tools.bench_decoder: one entry per preset, runners by name
+      (r,) = result
+      result = {"peak_flops": r["peak_flops"], "ratios": r["ratios"], "device": r["device"],
+                "runners": [dict(row, name=k) for k, row in r["runners"].items()]}
+    return result
 
 
 def prepare() -> int:
@@ -71,7 +94,9 @@ def prepare() -> int:
 
 
 def table(results: list[tuple[str, dict]]) -> str:
-  lines = ["| config | runner | tokens/s | MFU | compile s | memory | jaxbert speed-up |",
+  devices = sorted({r["device"] for _, r in results if r.get("device")})
+  lines = [f"device: {', '.join(devices) or 'unknown'}", "",
+           "| config | runner | tokens/s | MFU | compile s | memory | jaxbert speed-up |",
            "|---|---|---:|---:|---:|---|---:|"]
   for name, r in results:
     if "error" in r:
@@ -94,19 +119,31 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--configs", default=DEFAULT_CONFIGS, help="preset:seq_len:batch, comma-separated")
   p.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
-  p.add_argument("--steps", type=int, default=10)
+  p.add_argument("--steps", type=int, default=10, help="timed steps per encoder runner (>= 10)")
+  p.add_argument("--decoder-steps", type=int, default=5,
+                 help="timed steps per decoder runner per round")
   p.add_argument("--rounds", type=int, default=2)
   p.add_argument("--peer-modes", default="eager,compile",
                  help="hf-torch modes; empty: jaxbert alone")
-  p.add_argument("--timeout", type=int, default=400, help="seconds per configuration")
+  p.add_argument("--timeout", type=int, default=None,
+                 help="seconds per configuration (default 400; --smoke: 900, for a loaded CPU)")
   p.add_argument("--out", default="", help="also write the table (Markdown) here")
   p.add_argument("--budget-s", type=float, default=540,
                  help="start no configuration after this many seconds")
+  p.add_argument("--smoke", action="store_true",
+                 help=f"{SMOKE_CONFIGS} on whatever device there is, eager peer only, few "
+                      "steps: checks the script end to end (about a minute on CPU)")
   p.add_argument("--prepare", action="store_true",
                  help="copy ml_collections from this environment into .whl/site and exit")
   args = p.parse_args(argv)
   if args.prepare:
     return prepare()
+  args.encoder_extra = []
+  if args.smoke:
+    args.configs, args.steps, args.decoder_steps, args.rounds = SMOKE_CONFIGS, 10, 2, 2
+    args.peer_modes = "eager"
+    args.encoder_extra = ["--vocab-size", "512", "--no-loader"]
+  args.timeout = args.timeout or (900 if args.smoke else 400)
   configs = []
   for spec in args.configs.split(","):
     try:
