@@ -119,6 +119,11 @@ def predict_file(checkpoint: str, input_file: str | None, output_file: str, *,
   if workdir is None:
     raise UserError(f"--checkpoint {checkpoint}: give a fine-tuning run's workdir or one of its "
                     "checkpoints/<step> folders")
+  from jaxbert.defaults import is_instruct  # pylint: disable=g-import-not-at-top
+  from jaxbert.run_task import read_run_config  # pylint: disable=g-import-not-at-top
+  if os.path.exists(os.path.join(workdir, "config.json")) and is_instruct(read_run_config(workdir)):
+    raise UserError(f"--checkpoint {checkpoint} is an instruction-tuned decoder; it answers "
+                    f"prompts: jaxbert generate --checkpoint {checkpoint} --input FILE")
   ckpt = read_checkpoint(checkpoint, "--checkpoint")
   if batch_size is not None and batch_size < 1:
     raise UserError(f"--batch-size must be positive, got {batch_size}")

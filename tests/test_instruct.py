@@ -193,10 +193,13 @@ def test_finetune_command_learns_the_mapping(bundle, tmp_path, capsys):
                "--output", str(tmp_path / "gen.jsonl"), "--max-new-tokens", "8"]) == 0
   gen = [json.loads(l)["completion"] for l in open(tmp_path / "gen.jsonl")]
   assert gen == [p["prediction"] for p in preds[:2]]
+  assert "next         jaxbert generate --checkpoint" in capsys.readouterr().out  # the summary
+  assert main(["predict", "--checkpoint", workdir, "--input", str(tmp_path / "prompts.txt"),
+               "--output", str(tmp_path / "p.jsonl")]) == 2
+  assert "is an instruction-tuned decoder; it answers prompts: jaxbert generate" in \
+      capsys.readouterr().err
   report = json.load(open(os.path.join(workdir, "handover.json")))
   assert "lm_head/kernel" in report["loaded"]["paths"] and not report["new"]["paths"]
-  out = capsys.readouterr().out
-  assert "finished" in out
 
 
 @pytest.mark.parametrize("line,message", [
