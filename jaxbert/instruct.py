@@ -66,6 +66,7 @@ class InstructTask:
     d = config.data
     t = d.max_seq_len
     train_file, eval_file = instruct_data.resolve_files(d.train_file, d.eval_file)
+    self.eval_file = eval_file
     self.stops = generate_lib.stop_ids(self.tokenizer)
     pad = getattr(self.tokenizer, "pad_id", None)
     self.pad_id = int(pad) if pad is not None and pad >= 0 else instruct_data.end_id(self.tokenizer)
@@ -201,8 +202,8 @@ class InstructTask:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
         os.replace(path + ".tmp", path)
       write_json_atomic(os.path.join(self.workdir, "results.json"),
-                        {"task": "instruct", "eval_file": self.config.data.eval_file or
-                         self.config.data.train_file, "metrics": metrics, "counts": self.counts,
+                        {"task": "instruct", "eval_file": os.path.abspath(self.eval_file),
+                         "metrics": metrics, "counts": self.counts,
                          "generated": len(records), "main_metric": self.main_metric,
                          "higher_is_better": self.higher_is_better})
     return metrics

@@ -179,6 +179,7 @@ def test_finetune_command_learns_the_mapping(bundle, tmp_path, capsys):
   assert main(argv) == 0
   results = json.load(open(os.path.join(workdir, "results.json")))
   m = results["metrics"]
+  assert results["eval_file"] == os.path.join(data, "dev.jsonl") and results["generated"] == 4
   assert m["exact_match"] == 1.0 and m["token_f1"] == 1.0, m
   preds = [json.loads(l) for l in open(os.path.join(workdir, "predictions.jsonl"))]
   assert [(p["prompt"], p["reference"], p["prediction"].strip()) for p in preds[:2]] == [
