@@ -14,6 +14,7 @@ import pytest
 from jaxbert import decoder
 from jaxbert.data import instruct_data as idata
 from jaxbert.errors import UserError
+from jaxbert.heads.causal_lm import CausalLM, causal_lm_loss
 
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
           "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
@@ -22,7 +23,7 @@ CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "finetune", "i
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # pylint: disable=g-import-not-at-top
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E501
   from jaxbert.checkpoint import save_bundle  # pylint: disable=g-import-not-at-top
   from jaxbert.hf.bpe_tokenizer import BPETokenizer  # pylint: disable=g-import-not-at-top
   tok = Tokenizer(models.BPE())
@@ -83,7 +84,6 @@ def chat_render(messages, tok, gen):
 
 def _row_and_loss(loaded):
   """Two examples packed in one row, and a function of (params, batch) -> (loss, grads)."""
-  from jaxbert.heads.causal_lm import CausalLM, causal_lm_loss  # pylint: disable=g-import-not-at-top
   cfg, params, tok = loaded
   exs = [idata.Example("a", prompt="the cat sat on the", completion=" mat"),
          idata.Example("b", prompt="a dog ran in", completion=" the park")]
@@ -233,6 +233,8 @@ def test_bad_input_through_the_command(bundle, tmp_path, capsys):
       ([f"--config.init={bundle}", f"--config.data.train_file={tmp_path / 'nope'}"],
        "config.data.train_file="),
       ([f"--config.data.train_file={data}"], "starts from a decoder: set --config.init"),
+      ([f"--config.init={data}", f"--config.data.train_file={data}"],
+       f"config.init={data} is not a decoder; instruction tuning starts from"),
       ([f"--config.init={bundle}", f"--config.data.train_file={data}",
         "--config.data.max_new_tokens=0"], "data.max_new_tokens=0 is invalid"),
       ([f"--config.init={bundle}", f"--config.data.train_file={data}",
@@ -244,7 +246,7 @@ def test_bad_input_through_the_command(bundle, tmp_path, capsys):
     lines = err.strip().splitlines()
     assert message in lines[-1] and lines[-1].startswith("jaxbert: error: "), err
     assert "Traceback" not in err and sum("error" in l for l in lines) == 1, err
-    if "max_seq_len=8" not in extra[-1]:  # the files are read when the config loads: no INFO
+    if "max_seq_len=8" not in extra[-1] and "is not a decoder" not in message:  # at load: no INFO
       assert len(lines) == 1, err
     assert not os.path.exists(os.path.join(workdir, "config.json"))
 
