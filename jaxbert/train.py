@@ -251,7 +251,7 @@ def train_trials(configs: list[ConfigDict], workdirs: list[str], tasks: list[Tas
       running = next(x for x in local if x is not None)
       local = [running if x is None else x for x in local]
       if stacked:
-        batch = {k: np.stack([l[k] for l in local]) for k in local[0]}  # N x (B,..) -> (N, B,..)
+        batch = _stack_batches(local)  # N x (B,..) -> (N, B,..)
         rate = np.asarray([rates[r.index, min(r.step, total - 1) // accum] for r in runs])
         state, metrics = step_fn(state, shd.global_batch(batch, sh.batch), rngs, rate)
       else:
@@ -264,7 +264,9 @@ def train_trials(configs: list[ConfigDict], workdirs: list[str], tasks: list[Tas
             _finish(r, Outcome("diverged", r.step, r.last_eval, message), on_finish)
       in_a_row = metrics["nonfinite_in_a_row"]
       bar.update(1)
-      preempted = False
+      # Once per step for every trial: a signal arriving during one trial's save stops all
+      # of them at the same step, so they resume on batches of the same shape.
+      preempted = preempt.reached(max((r.step for r in active()), default=0) + 1)
       for r in active():
         r.step += 1
         done = r.step
@@ -284,7 +286,6 @@ def train_trials(configs: list[ConfigDict], workdirs: list[str], tasks: list[Tas
           if r.stopper is not None:
             stop = r.stopper.update(done, r.last_eval) and done < total
             r.note_early_stopping(stop)
-        preempted = preempt.reached(done)
         if stop or done == total or preempted or r.mngr.should_save(done):
           count = int(np.atleast_1d(np.asarray(metrics["nonfinite_in_a_row"]))[r.index])
           trial_state = take(state, r.index)
@@ -327,6 +328,17 @@ def train_trials(configs: list[ConfigDict], workdirs: list[str], tasks: list[Tas
       metrics_log.close()
     preempt.restore()
   return [r.outcome for r in runs]
+
+
+def _stack_batches(local: list[dict]) -> dict:
+  """Stacks the trials' batches; where trials resumed at different steps of a bucketed
+  order their lengths differ, and the shorter are padded at the end (attention mask 0)."""
+  out = {}
+  for k in local[0]:
+    arrays = [l[k] for l in local]
+    shape = np.max([a.shape for a in arrays], axis=0)
+    out[k] = np.stack([np.pad(a, [(0, m - d) for d, m in zip(a.shape, shape)]) for a in arrays])
+  return out
 
 
 def _log_window(r: _Trial, metrics_log: MetricsLog, stacked: bool, learning_rate: float,
