@@ -336,8 +336,10 @@ def _stack_batches(local: list[dict]) -> dict:
   out = {}
   for k in local[0]:
     arrays = [l[k] for l in local]
-    shape = np.max([a.shape for a in arrays], axis=0)
-    out[k] = np.stack([np.pad(a, [(0, m - d) for d, m in zip(a.shape, shape)]) for a in arrays])
+    if len({a.shape for a in arrays}) > 1:  # rare: no copy for the usual equal shapes
+      shape = np.max([a.shape for a in arrays], axis=0)
+      arrays = [np.pad(a, [(0, m - d) for d, m in zip(a.shape, shape)]) for a in arrays]
+    out[k] = np.stack(arrays)
   return out
 
 
