@@ -33,6 +33,11 @@ process, so measured in the same run of the machine):
   attention and MLP projection kernel of every layer) and lr = --lora-lr (adapters want a
   larger rate than full fine-tuning; same batches and number of updates).
 
+After the runs, the jaxbert-lora run is exported with `export-hf` (merged weights) and
+loaded by transformers' AutoModelForSequenceClassification; its probabilities on the first
+256 evaluation sentences are compared with the run's predictions.jsonl (`--export-only`:
+that check alone, on an earlier run's WORKDIR/jaxbert-lora).
+
 Evaluation: `jaxbert.data.scoring.evaluate` on the whole --eval-split (872 sentences).
 What still differs: the new `score` projection's random initialisation (both normal with
 the model's initializer_range, different generators); there is no dropout (Llama has
@@ -246,6 +251,43 @@ def run_hf(args, bundle: str, hf_dir: str) -> dict:
           "parameters": int(size), "lr": o.lr}
 
 
+def check_export(args, bundle: str, name: str = "jaxbert-lora", rows: int = 256) -> dict:
+  """`export-hf` of a finished jaxbert run (LoRA: the merged weights), loaded by
+  transformers' AutoModelForSequenceClassification: its probabilities on the first `rows`
+  evaluation sentences against the run's own predictions.jsonl."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  from jaxbert import decoder_weights  # pylint: disable=g-import-not-at-top
+  from jaxbert.heads import last_token  # pylint: disable=g-import-not-at-top
+  from jaxbert.hf import export_hf  # pylint: disable=g-import-not-at-top
+  from jaxbert.run_task import load_run_split, read_run_config  # pylint: disable=g-import-not-at-top
+  workdir, out = os.path.join(args.workdir, name), os.path.join(args.workdir, f"{name}-hf")
+  if os.path.isdir(out):
+    shutil.rmtree(out)
+  arch = export_hf(workdir, out).architecture
+  model = transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()
+  _, _, tok = decoder_weights.load(bundle)
+  run_config = read_run_config(workdir)
+  dev = load_run_split(workdir, run_config, run_config.data.eval_split, last_token.TaskTokenizer(tok))
+  ids, mask = dev.arrays["input_ids"][:rows], dev.arrays["attention_mask"][:rows]
+  with torch.no_grad():
+    logits = np.concatenate([
+        model(input_ids=torch.tensor(ids[i:i + 32], dtype=torch.long),
+              attention_mask=torch.tensor(mask[i:i + 32], dtype=torch.long)).logits.double().numpy()
+        for i in range(0, len(ids), 32)])
+  probs = np.exp(logits - logits.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  with open(os.path.join(workdir, "predictions.jsonl")) as f:
+    ours = np.array([json.loads(l)["probabilities"] for l in f][:rows])
+  result = {"run": name, "architecture": arch, "rows": int(len(ids)),
+            "max_abs_prob_diff": float(np.abs(probs - ours).max()),
+            "same_argmax": int((probs.argmax(-1) == ours.argmax(-1)).sum())}
+  print(f"export-hf of {name} -> {arch} in transformers: {result['same_argmax']}/{len(ids)} "
+        f"same predictions, largest probability difference {result['max_abs_prob_diff']:.2e}",
+        flush=True)
+  return result
+
+
 def report(args, results: dict[str, dict]) -> dict:
   """Prints the table and the issue's checks; returns the checks."""
   rows = [("run", "accuracy", "train wall s", "total wall s", "trainable (% of model)", "lr")]
@@ -319,6 +361,8 @@ def main(argv=None) -> int:
   p.add_argument("--workdir", default="/tmp/decoder_sst2_peer",
                  help="holds bundle/ and hf/ (made once per --src) and one folder per jaxbert run")
   p.add_argument("--json", default=None, help="also write the results here")
+  p.add_argument("--export-only", action="store_true",
+                 help="no runs: only check the export of WORKDIR/jaxbert-lora from an earlier run")
   args = p.parse_args(argv)
   runs = [r.strip() for r in args.runs.split(",") if r.strip()]
   if not runs or set(runs) - set(RUNS):
@@ -332,6 +376,9 @@ def main(argv=None) -> int:
   results = {}
   try:
     bundle, hf_dir = prepare(args)
+    if args.export_only:
+      check_export(args, bundle)
+      return 0
     for name in runs:
       print(f"--- {name}", flush=True)
       results[name] = (run_hf(args, bundle, hf_dir) if name == "hf"
@@ -344,6 +391,8 @@ def main(argv=None) -> int:
     print(f"decoder_sst2_peer: {e}", file=sys.stderr)
     return 2
   checks = report(args, results)
+  if "jaxbert-lora" in results:
+    checks["lora_export"] = check_export(args, bundle)
   if args.json:
     with open(args.json, "w") as f:
       json.dump({"args": vars(args), "runs": results, "checks": checks}, f, indent=2, default=str)
