@@ -8,10 +8,30 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+# One persistent XLA compilation cache per test session, shared by the xdist workers
+# and every CLI subprocess a test starts (they inherit the environment): the same tiny
+# programs recur across tests, and compiling them is most of a test's time. The
+# controller (or a serial run) creates it before the workers start and removes it at
+# the end; a cache directory set by the caller is used as is and kept.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  import tempfile
+  _OWN_CACHE = tempfile.mkdtemp(prefix="jaxbert-tests-xla-cache-")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
+else:
+  _OWN_CACHE = None
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 SHARED_DATA = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+
+
+def pytest_unconfigure(config):
+  if _OWN_CACHE and not hasattr(config, "workerinput"):  # the controller, or a serial run
+    import shutil
+    shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
 def write_corpus(path, num_docs=120, seed=0):
