@@ -2,6 +2,13 @@
 exact match before and after (docs/results.md, "Instruction tuning SmolLM2-135M").
 
     .venv/bin/python -m experiments.instruct_sst2 [--train 500 --dev 200 --epochs 1]
+    .venv/bin/python -m experiments.instruct_sst2 --ner 0.5 --max-new-tokens 32 --root /tmp/instruct_mix
+
+--ner F makes a share F of the training and held-out examples CoNLL-2003 entity questions
+(raw/conll2003/{train,valid}.txt, sentences of 6-30 words): "Which entities are in:
+<sentence>\nAnswer:" -> " EU (organisation), German (other)" (the spans in order, "none"
+when there are none), interleaved with the SST-2 examples; exact match is then also
+reported per task from predictions.jsonl.
 
 Builds {"prompt", "completion"} JSONL files under --root (never in the repository or the
 shared data): "Is this review positive or negative? <sentence>\\nAnswer:" -> " positive" /
@@ -33,6 +40,50 @@ SST2 = os.path.join(os.environ.get("JAXBERT_RAW_GLUE") or
                     os.path.join(os.path.dirname(REPO), "shared", "data", "raw", "glue"), "SST-2")
 PROMPT = "Is this review positive or negative? {}\nAnswer:"
 LABELS = {"0": " negative", "1": " positive"}
+CONLL = os.path.join(os.environ.get("JAXBERT_RAW_CONLL") or
+                     os.path.join(os.path.dirname(REPO), "shared", "data", "raw", "conll2003"))
+NER_PROMPT = "Which entities are in: {}\nAnswer:"
+NER_TYPES = {"PER": "person", "ORG": "organisation", "LOC": "location", "MISC": "other"}
+
+
+def conll_sentences(path: str):
+  """(words, IOB2 tags) of each sentence of a 4-column CoNLL-2003 file."""
+  words, tags = [], []
+  for line in open(path, encoding="utf-8"):
+    parts = line.split()
+    if not parts:
+      if words:
+        yield words, tags
+      words, tags = [], []
+    elif parts[0] != "-DOCSTART-":
+      words.append(parts[0])
+      tags.append(parts[-1])
+  if words:
+    yield words, tags
+
+
+def entities(words, tags) -> str:
+  """' EU (organisation), German (other)' or ' none': the spans in order of appearance."""
+  spans = []
+  for w, t in zip(words, tags):
+    if t.startswith("B-") or (t.startswith("I-") and not spans):
+      spans.append([[w], t[2:]])
+    elif t.startswith("I-"):
+      spans[-1][0].append(w)
+    else:
+      spans.append(None)
+  named = [f"{' '.join(ws)} ({NER_TYPES[k]})" for ws, k in filter(None, spans)]
+  return " " + (", ".join(named) if named else "none")
+
+
+def ner_rows(path: str, n: int, min_words: int) -> list[dict]:
+  out = []
+  for words, tags in conll_sentences(path):
+    if min_words <= len(words) <= 30:  # with its answer, well inside 128 pieces
+      out.append({"prompt": NER_PROMPT.format(" ".join(words)), "completion": entities(words, tags)})
+    if len(out) == n:
+      break
+  return out
 
 
 def rows(path: str, n: int, min_words: int) -> list[dict]:
@@ -44,6 +95,25 @@ def rows(path: str, n: int, min_words: int) -> list[dict]:
         out.append({"prompt": PROMPT.format(sentence), "completion": LABELS[r["label"]]})
       if len(out) == n:
         break
+  return out
+
+
+def by_task(*paths) -> dict:
+  """Exact match per task (SST-2 / CoNLL by the prompt's wording) from predictions.jsonl."""
+  from jaxbert.metrics import normalize_answer  # pylint: disable=g-import-not-at-top
+  out = {}
+  for path in paths:
+    if not os.path.exists(path):
+      continue
+    counts = {}
+    for line in open(path):
+      p = json.loads(line)
+      task = "conll" if p["prompt"].startswith(NER_PROMPT.split("{")[0]) else "sst2"
+      hit = normalize_answer(p["prediction"]) == normalize_answer(p["reference"])
+      n, k = counts.get(task, (0, 0))
+      counts[task] = (n + 1, k + hit)
+    name = os.path.basename(os.path.dirname(path))
+    out[name] = {t: {"n": n, "exact_match": k / n} for t, (n, k) in counts.items()}
   return out
 
 
@@ -69,15 +139,25 @@ def main() -> None:
   p.add_argument("--train", type=int, default=500)
   p.add_argument("--dev", type=int, default=200)
   p.add_argument("--min-words", type=int, default=6)
+  p.add_argument("--ner", type=float, default=0.0,
+                 help="share of the --train and --dev examples that are CoNLL-2003 entity "
+                      "questions (the rest SST-2)")
+  p.add_argument("--max-new-tokens", type=int, default=8)
   p.add_argument("--epochs", type=float, default=1.0)
   p.add_argument("--extra", default="", help="more --config overrides, space-separated")
   args = p.parse_args()
   os.makedirs(args.root, exist_ok=True)
   data = os.path.join(args.root, "data")
   os.makedirs(data, exist_ok=True)
-  write_jsonl(os.path.join(data, "train.jsonl"),
-              rows(os.path.join(SST2, "train.tsv"), args.train, args.min_words))
-  dev = rows(os.path.join(SST2, "dev.tsv"), args.dev, 1)
+  n_ner, n_ner_dev = round(args.train * args.ner), round(args.dev * args.ner)
+  train = rows(os.path.join(SST2, "train.tsv"), args.train - n_ner, args.min_words)
+  dev = rows(os.path.join(SST2, "dev.tsv"), args.dev - n_ner_dev, 1)
+  if n_ner:  # interleaved, so every batch mixes the two tasks
+    ner = ner_rows(os.path.join(CONLL, "train.txt"), n_ner, args.min_words)
+    train = [r for pair in zip(train, ner) for r in pair] + train[len(ner):] + ner[len(train):]
+  if n_ner_dev:
+    dev += ner_rows(os.path.join(CONLL, "valid.txt"), n_ner_dev, args.min_words)
+  write_jsonl(os.path.join(data, "train.jsonl"), train)
   write_jsonl(os.path.join(data, "dev.jsonl"), dev)
   write_jsonl(os.path.join(data, "dev_chat.jsonl"), [
       {"messages": [{"role": "user", "content": d["prompt"].rsplit("\n", 1)[0]},
@@ -85,7 +165,7 @@ def main() -> None:
   init = bundle(args.root)
   overrides = [f"--config.init={init}", f"--config.data.train_file={data}",
                "--config.data.max_seq_len=128", f"--config.data.generate_examples={args.dev}",
-               "--config.data.max_new_tokens=8", "--config.train.batch_size=4",
+               f"--config.data.max_new_tokens={args.max_new_tokens}", "--config.train.batch_size=4",
                f"--config.train.epochs={args.epochs}", "--config.optim.lr=1e-4",
                "--config.train.log_every=10", "--config.train.keep_checkpoints=1",
                "--config.train.progress=False"] + args.extra.split()
@@ -118,13 +198,18 @@ def main() -> None:
     befores[name] = task.evaluate(jax.device_put(task.source_params), None)
     del task
     print(f"{name}: {json.dumps(befores[name])} ({time.perf_counter() - start:.0f} s)", flush=True)
-  summary = {"train_examples": args.train, "dev_examples": args.dev, "epochs": args.epochs,
+  per_task = by_task(os.path.join(after_dir, "predictions.jsonl"),
+                     os.path.join(args.root, "before", "predictions.jsonl"))
+  summary = {"train_examples": args.train, "ner_share": args.ner, "per_task": per_task, "dev_examples": args.dev, "epochs": args.epochs,
              "steps": steps, **befores, "after": after,
              "finetune_s": round(after_s), "overrides": overrides}
   json.dump(summary, open(os.path.join(args.root, "summary.json"), "w"), indent=1)
   print(f"| | exact match | token F1 | completion loss |")
   for name, m in (*befores.items(), ("after", after)):
     print(f"| {name} | {m['exact_match']:.3f} | {m['token_f1']:.3f} | {m['completion_loss']:.3f} |")
+  for name, m in per_task.items():
+    print(f"{name}: " + ", ".join(f"{k} exact match {v['exact_match']:.3f} of {v['n']}"
+                                  for k, v in m.items()))
   print(f"{steps} steps; finetune command {after_s:.0f} s wall (evaluation included)")
 
 
