@@ -99,8 +99,8 @@ def rows(path: str, n: int, min_words: int) -> list[dict]:
 
 
 def by_task(*paths) -> dict:
-  """Exact match per task (SST-2 / CoNLL by the prompt's wording) from predictions.jsonl."""
-  from jaxbert.metrics import normalize_answer  # pylint: disable=g-import-not-at-top
+  """Exact match per task (SST-2 / CoNLL by the prompt's wording): the mean of the
+  per-record exact_match that the instruct evaluation wrote to predictions.jsonl."""
   out = {}
   for path in paths:
     if not os.path.exists(path):
@@ -109,7 +109,7 @@ def by_task(*paths) -> dict:
     for line in open(path):
       p = json.loads(line)
       task = "conll" if p["prompt"].startswith(NER_PROMPT.split("{")[0]) else "sst2"
-      hit = normalize_answer(p["prediction"]) == normalize_answer(p["reference"])
+      hit = p["exact_match"]
       n, k = counts.get(task, (0, 0))
       counts[task] = (n + 1, k + hit)
     name = os.path.basename(os.path.dirname(path))
