@@ -117,8 +117,9 @@ def _load_run(given: str, path: str, key: str):
   model = run_config.get("model") or {}
   if "arch" not in model:
     raise UserError(f"{key}={given} is an encoder (BERT) run, not a decoder run")
-  tok_dir = handover._checkpoint_tokenizer(step_dir) or os.path.join(workdir, "tokenizer")  # pylint: disable=protected-access
-  tokenizer = decoder_tokenizer.load(tok_dir)
+  tokenizer = handover._checkpoint_tokenizer(step_dir, decoder_tokenizer.load)  # pylint: disable=protected-access
+  if tokenizer is None:
+    tokenizer = decoder_tokenizer.load(os.path.join(workdir, "tokenizer"))
   if run_config.get("init"):
     cfg = load(run_config["init"], key=f"{workdir}/config.json init")[0]
     if model.get("dropout_rate") is not None:

@@ -85,7 +85,9 @@ def open_source(init: str, key: str = "config.init") -> Source:
       run_config = ConfigDict(json.load(f))
   except (OSError, ValueError) as e:
     raise UserError(f"{workdir}/config.json is missing or malformed ({e})") from None
-  tokenizer = load_tokenizer(_checkpoint_tokenizer(step_dir) or os.path.join(workdir, "tokenizer"))
+  tokenizer = _checkpoint_tokenizer(step_dir)
+  if tokenizer is None:
+    tokenizer = load_tokenizer(os.path.join(workdir, "tokenizer"))
   model_cfg = bert_config(run_config.model, padded_vocab_size(tokenizer.vocab_size))
   return Source(os.path.join(step_dir, "default"), ("params",), model_cfg, tokenizer,
                 f"run {workdir} step {os.path.basename(step_dir)}")
@@ -110,20 +112,25 @@ def run_model_config(architecture: BertConfig, model: ConfigDict) -> BertConfig:
                               dtype=model.dtype, remat=model.remat)
 
 
-def _checkpoint_tokenizer(step_dir: str) -> str | None:
-  """The tokenizer saved inside a checkpoint, unpacked into a temporary folder.
+def _checkpoint_tokenizer(step_dir: str, load=None):
+  """The tokenizer saved inside a checkpoint, read by `load(folder)` (by default
+  jaxbert.tokenizer.load_tokenizer), or None for checkpoints written before tokenizers
+  travelled with them.
 
-  Not next to the checkpoint: reading a checkpoint never writes into it (it may be
-  read-only, and its files are sealed).
+  Unpacked into a temporary folder, read, and the folder removed; not next to the
+  checkpoint: reading a checkpoint never writes into it (it may be read-only, and its
+  files are sealed).
   """
+  from jaxbert.tokenizer import load_tokenizer  # pylint: disable=g-import-not-at-top
+  load = load or load_tokenizer
   item = os.path.join(step_dir, "tokenizer")
   if not os.path.isdir(item):
-    return None  # checkpoints written before tokenizers travelled with them
+    return None
   with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as ckptr:
     files = ckptr.restore(item)
-  unpacked = tempfile.mkdtemp(prefix="jaxbert-tokenizer-")
-  write_tokenizer_files(files, unpacked)
-  return unpacked
+  with tempfile.TemporaryDirectory(prefix="jaxbert-tokenizer-") as unpacked:
+    write_tokenizer_files(files, unpacked)
+    return load(unpacked)
 
 
 def reinit_selector(reinit: str, key: str = "config.reinit") -> params_lib.Selector:

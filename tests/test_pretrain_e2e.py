@@ -68,10 +68,14 @@ def test_mesh_shapes_give_the_same_loss(reference_run, corpus_file, tmp_path, da
   np.testing.assert_allclose(read(workdir), read(ref_dir), rtol=2e-5)
 
 
-def test_every_checkpoint_carries_the_tokenizer(reference_run, tmp_path):
+def test_every_checkpoint_carries_the_tokenizer(reference_run, tmp_path, monkeypatch):
+  import tempfile
   from jaxbert import handover
   from jaxbert.tokenizer import load_tokenizer
   workdir, _ = reference_run
+  scratch = tmp_path / "tmp"  # where the checkpoint's tokenizer is unpacked, then removed
+  scratch.mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", str(scratch))
   # A copy of the run without its tokenizer folder: the checkpoint's own copy is used.
   copy = tmp_path / "run"
   top_level = lambda d, names: ["tokenizer"] if os.path.samefile(d, workdir) else []
@@ -81,6 +85,7 @@ def test_every_checkpoint_carries_the_tokenizer(reference_run, tmp_path):
   source = handover.open_source(str(copy / "checkpoints" / "6"))
   assert source.tokenizer.fingerprint() == load_tokenizer(
       os.path.join(workdir, "tokenizer")).fingerprint()
+  assert os.listdir(scratch) == []
 
 
 def test_packed_rows_train_and_log_their_efficiency(corpus_file, tmp_path, caplog):
