@@ -56,13 +56,11 @@ def jax_runner(cfg, batches, steps_total: int):
   holder = {"state": jax.jit(make_state, out_shardings=sh.state)()}
   rng = jax.device_put(jax.random.key(1), sh.replicated)
   t = time.perf_counter()
-  compiled = step_fn.lower(holder["state"], shd.global_batch(batches[0], sh.batch), rng).compile()
+  compiled = step_fn.compile(holder["state"], shd.global_batch(batches[0], sh.batch), rng)
   compile_s = time.perf_counter() - t
-  mem = compiled.memory_analysis()
+  peak = compiled.peak_bytes()  # XLA's buffer plan (jaxbert.step.Step.peak_bytes)
   memory = "n/a"
-  if mem is not None:  # XLA's buffer plan: arguments + temporaries + outputs not aliased
-    peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
-            + mem.temp_size_in_bytes)
+  if peak is not None:
     memory = f"{peak / 2**20:.0f} MB xla"
 
   def step(batch):

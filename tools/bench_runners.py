@@ -163,13 +163,11 @@ def jax_runner(args, spec: str, batches, predictions: int) -> Runner:
   batch_sh = sh.batch
 
   t = time.perf_counter()
-  compiled = step_fn.lower(holder["state"], shd.global_batch(batches[0], batch_sh), rng).compile()
+  compiled = step_fn.compile(holder["state"], shd.global_batch(batches[0], batch_sh), rng)
   compile_s = time.perf_counter() - t
-  mem = compiled.memory_analysis()
+  peak = compiled.peak_bytes()  # XLA's buffer plan (jaxbert.step.Step.peak_bytes)
   memory = "n/a"
-  if mem is not None:
-    peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
-            + mem.temp_size_in_bytes)
+  if peak is not None:
     memory = f"{peak / 2**20:.0f} MB xla"
 
   def step(batch):
