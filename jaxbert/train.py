@@ -243,6 +243,8 @@ def train_trials(configs: list[ConfigDict], workdirs: list[str], tasks: list[Tas
   preempt = Preemption(runs[0].mngr)
   in_a_row = None  # the previous step's counts, read a step late so dispatch stays ahead
   abandon_saves = False
+  for r in runs:  # the first window times its steps (compiles included), not the set-up
+    r.t_last = time.perf_counter()
   try:
     while active():
       local = [next(b) if r.outcome is None else None for b, r in zip(batches, runs)]

@@ -172,3 +172,32 @@ def test_continued_pretraining_refuses_another_architecture_or_tokenizer(referen
   with pytest.raises(UserError, match="either config.init"):
     run(config, str(tmp_path / "two_tokenizers"), devices=jax.devices()[:1])
   assert not os.path.exists(tmp_path / "deeper" / "checkpoints")
+
+
+def test_first_logged_window_times_the_steps_not_the_set_up(corpus_file, tmp_path, monkeypatch):
+  """steps_per_s of the first window counts from the first step (its compile included),
+  not from before the set-up (restoring, hand-over, measuring the matmul peak)."""
+  import time
+  from jaxbert import flops as flops_lib
+  from jaxbert import train as train_lib
+  marks = {}
+
+  def slow_peak(*args, **kwargs):
+    time.sleep(2.0)  # a set-up step that takes a while
+    marks["set_up_done"] = time.perf_counter()
+    return 1e12
+
+  write = train_lib.MetricsLog.write
+
+  def recording_write(self, step, split, values):
+    if split == "train" and "first_window" not in marks:
+      marks["first_window"] = (time.perf_counter(), step, values["steps_per_s"])
+    return write(self, step, split, values)
+
+  monkeypatch.setattr(flops_lib, "measure_matmul_peak", slow_peak)
+  monkeypatch.setattr(train_lib.MetricsLog, "write", recording_write)
+  run(tiny_config(corpus_file, steps=4, log_every=2, eval_every=4), str(tmp_path / "run"),
+      devices=jax.devices()[:1])
+  written, steps, steps_per_s = marks["first_window"]
+  window_start = written - steps / steps_per_s
+  assert window_start >= marks["set_up_done"] - 0.05, (window_start, marks["set_up_done"])
